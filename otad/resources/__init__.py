@@ -1,0 +1,1 @@
+"""One small twisted.web resource per URL of the profile service."""
