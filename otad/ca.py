@@ -1,0 +1,331 @@
+"""otad's certificate authority: creates its keys and certificates on first start and issues certificates.
+
+Everything here blocks (RSA key generation, file I/O), so callers run it off the reactor thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_VALIDITY = datetime.timedelta(days=3652)
+# iOS refuses TLS server certificates valid for more than 825 days.
+TLS_VALIDITY = datetime.timedelta(days=825)
+SIGNER_VALIDITY = datetime.timedelta(days=3 * 365)
+RA_VALIDITY = datetime.timedelta(days=3 * 365)
+# Renew the TLS certificate at start-up when it has less than this left.
+TLS_RENEW_BEFORE = datetime.timedelta(days=30)
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+LEAF_KEY_SIZE = 2048
+
+
+class BootstrapError(RuntimeError):
+    """The certs/ directory is in a state otad will not repair by itself; str() says what to do."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A certificate, its private key, and the chain above it (issuer first, root last)."""
+
+    cert: x509.Certificate
+    key: rsa.RSAPrivateKey
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+@dataclass(frozen=True)
+class Authority:
+    """The identities otad serves with. ``signer`` signs profiles; ``ra`` answers SCEP."""
+
+    root: Identity
+    tls: Identity
+    signer: Identity
+    ra: Identity
+    certs_dir: Path
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.certs_dir / "tls.key"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return self.certs_dir / "tls.pem"
+
+    @property
+    def root_cert_path(self) -> Path:
+        return self.certs_dir / "ca.pem"
+
+
+def generate_key(bits: int = LEAF_KEY_SIZE) -> rsa.RSAPrivateKey:
+    """A fresh RSA key; slow (seconds for 4096 bits), never call it on the reactor thread."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(descriptor, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(common_name: str, organization: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_usage(**flags: bool) -> x509.KeyUsage:
+    names = (
+        "digital_signature content_commitment key_encipherment data_encipherment "
+        "key_agreement key_cert_sign crl_sign encipher_only decipher_only"
+    ).split()
+    return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
+
+
+def issue(
+    issuer: Identity,
+    public_key: rsa.RSAPublicKey,
+    subject: x509.Name,
+    *,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    serial: int | None = None,
+) -> x509.Certificate:
+    """Sign a certificate for ``public_key`` with the issuer's key: SHA-256, SKI/AKI, not a CA.
+
+    The validity never outlasts the issuer, and starts a few minutes early for clock skew.
+    """
+    not_after = min(now + lifetime, issuer.cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject)
+        .public_key(public_key)
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(issuer.key, hashes.SHA256())
+
+
+def _self_signed_root(key: rsa.RSAPrivateKey, subject: x509.Name, now: datetime.datetime) -> x509.Certificate:
+    public_key = key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, hostname: str, now: datetime.datetime) -> x509.Certificate:
+    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    if hostname != "localhost":
+        names.append(x509.DNSName("localhost"))
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    return issue(
+        root,
+        key.public_key(),
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]),
+        now=now,
+        lifetime=TLS_VALIDITY,
+        extensions=[
+            (x509.SubjectAlternativeName(names), False),
+            (_key_usage(digital_signature=True, key_encipherment=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+    )
+
+
+def _signer_cert(root: Identity, key: rsa.RSAPrivateKey, organization: str, now: datetime.datetime) -> x509.Certificate:
+    # A dedicated profile signer, not the TLS certificate: the TLS certificate rotates every
+    # 825 days and may be swapped for a public CA's, while a profile update must be signed by
+    # the same issuer as the installed profile for iOS to accept it as a replacement.
+    return issue(
+        root,
+        key.public_key(),
+        _name(f"{organization} Profile Signing", organization),
+        now=now,
+        lifetime=SIGNER_VALIDITY,
+        extensions=[
+            (_key_usage(digital_signature=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
+        ],
+    )
+
+
+def _ra_cert(root: Identity, key: rsa.RSAPrivateKey, organization: str, now: datetime.datetime) -> x509.Certificate:
+    # SCEP clients encrypt requests to the RA and check its CertRep signatures; Apple devices
+    # refuse an RA that lacks either usage, and the RA must not be a CA.
+    return issue(
+        root,
+        key.public_key(),
+        _name(f"{organization} SCEP RA", organization),
+        now=now,
+        lifetime=RA_VALIDITY,
+        extensions=[(_key_usage(digital_signature=True, key_encipherment=True), True)],
+    )
+
+
+def _read_key(path: Path) -> rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as error:
+        raise BootstrapError(f"{path} is not an unencrypted PEM private key: {error}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise BootstrapError(f"{path} is not an RSA key")
+    return key
+
+
+def _read_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as error:
+        raise BootstrapError(f"{path} is not a PEM certificate: {error}") from None
+
+
+def _same_key(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
+    return cert.public_key() == key.public_key()
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    public_key = issuer.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    hash_algorithm = cert.signature_hash_algorithm
+    if hash_algorithm is None:
+        return False
+    try:
+        public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hash_algorithm)
+    except Exception:
+        return False
+    return cert.issuer == issuer.subject
+
+
+def bootstrap(
+    certs_dir: Path,
+    *,
+    hostname: str,
+    organization: str,
+    common_name: str,
+    ca_key_size: int,
+    now: datetime.datetime,
+    report: Callable[[str], None],
+) -> Authority:
+    """Load otad's identities from ``certs_dir``, creating whatever has never existed.
+
+    A key without its certificate (a crash between the two writes) gets a new certificate for
+    the same key; a certificate without its key, a key that does not match, or leaf files
+    without a CA stop the start: otad never silently replaces a key that may be in use.
+    ``report`` receives one line per thing created or renewed.
+    """
+    certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca_key_path, ca_cert_path = certs_dir / "ca.key", certs_dir / "ca.pem"
+    if not ca_key_path.exists():
+        if ca_cert_path.exists():
+            raise BootstrapError(f"{ca_cert_path} exists but its key {ca_key_path} does not; restore the key")
+        leftovers = sorted(p.name for p in certs_dir.iterdir() if p.suffix in (".key", ".pem"))
+        if leftovers:
+            raise BootstrapError(
+                f"{certs_dir} holds {', '.join(leftovers)} but no CA key; move them away to start afresh"
+            )
+        write_atomically(ca_key_path, _key_pem(generate_key(ca_key_size)), 0o600)
+        report(f"created a {ca_key_size}-bit CA key at {ca_key_path}")
+    ca_key = _read_key(ca_key_path)
+    if not ca_cert_path.exists():
+        write_atomically(ca_cert_path, _cert_pem(_self_signed_root(ca_key, _name(common_name, organization), now)), 0o644)
+        report(f"created the root CA certificate {ca_cert_path} ({common_name})")
+    ca_cert = _read_cert(ca_cert_path)
+    if not _same_key(ca_cert, ca_key):
+        raise BootstrapError(f"{ca_cert_path} does not match the key in {ca_key_path}")
+    root = Identity(ca_cert, ca_key)
+
+    def leaf(name: str, make: Callable[[rsa.RSAPrivateKey], x509.Certificate]) -> Identity:
+        key_path, cert_path = certs_dir / f"{name}.key", certs_dir / f"{name}.pem"
+        if not key_path.exists():
+            if cert_path.exists():
+                raise BootstrapError(f"{cert_path} exists but its key {key_path} does not; restore the key")
+            write_atomically(key_path, _key_pem(generate_key()), 0o600)
+            report(f"created a {LEAF_KEY_SIZE}-bit key at {key_path}")
+        key = _read_key(key_path)
+        if not cert_path.exists():
+            write_atomically(cert_path, _cert_pem(make(key)), 0o644)
+            report(f"created the certificate {cert_path}")
+        cert = _read_cert(cert_path)
+        if not _same_key(cert, key):
+            raise BootstrapError(f"{cert_path} does not match the key in {key_path}")
+        if not _issued_by(cert, ca_cert):
+            raise BootstrapError(f"{cert_path} was not issued by the CA in {ca_cert_path}")
+        return Identity(cert, key, (ca_cert,))
+
+    tls = leaf("tls", lambda key: _tls_cert(root, key, hostname, now))
+    if tls.cert.not_valid_after_utc - now < TLS_RENEW_BEFORE:
+        renewed = _tls_cert(root, tls.key, hostname, now)
+        write_atomically(certs_dir / "tls.pem", _cert_pem(renewed), 0o644)
+        report(f"renewed the TLS certificate, which expired on {tls.cert.not_valid_after_utc:%Y-%m-%d}")
+        tls = Identity(renewed, tls.key, (ca_cert,))
+    if hostname not in tls_names(tls.cert):
+        report(
+            f"warning: the TLS certificate names {', '.join(tls_names(tls.cert))}, not {hostname}; "
+            f"remove {certs_dir / 'tls.pem'} to have it reissued"
+        )
+    signer = leaf("signing", lambda key: _signer_cert(root, key, organization, now))
+    ra = leaf("ra", lambda key: _ra_cert(root, key, organization, now))
+    return Authority(root=root, tls=tls, signer=signer, ra=ra, certs_dir=certs_dir)
+
+
+def tls_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names a TLS certificate covers."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.DNSName)

@@ -1,0 +1,253 @@
+"""Turns ``etc/otad.conf`` plus command-line overrides into one validated, immutable Config.
+
+Every section and key is checked against an allowed list, so a typo stops the start with a
+one-line error naming the key instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A bad configuration; str() is one line that names the offending key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from ``90``, ``90s``, ``15m``, ``1h`` or ``365d``."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"not a positive duration like 15m, 1h or 365d: {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        value = text.strip()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return check
+
+
+def _int_in(*allowed: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = int(text)
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
+        return value
+
+    return check
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return check
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"must be yes or no, not {text!r}")
+
+
+def _public_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query:
+        raise ValueError(f"must be an http(s) URL with no query, like https://otad.example.com:8443, not {text!r}")
+    return url
+
+
+def _identifier(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value):
+        raise ValueError(f"must be a reverse-DNS identifier like com.example.otad, not {text!r}")
+    return value
+
+
+def _realm(text: str) -> str:
+    value = _nonempty(text)
+    if not re.fullmatch(r"[\x20-\x7e]+", value) or '"' in value or "\\" in value:
+        raise ValueError("must be printable ASCII without quotes or backslashes")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _hostname(text: str) -> str:
+    value = text.strip().lower()
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", value):
+        raise ValueError(f"not a DNS host name: {text!r}")
+    return value
+
+
+# section -> key -> (parser, default text). The defaults here are the embedded defaults that
+# `twistd otad` runs on with no config file; etc/otad.conf documents each of them.
+_SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
+    "server": {
+        "listen": (_words, "ssl:8443"),
+        "hostname": (_hostname, ""),
+        "public_url": (_public_url, ""),
+        "data_dir": (lambda text: text.strip(), "."),
+        "htpasswd": (lambda text: text.strip(), ""),
+        "organization": (_nonempty, "Example Inc."),
+        "max_body": (_int_range(1024, 16 * 1024 * 1024), "65536"),
+        "json_log": (lambda text: text.strip(), ""),
+        "crypto_threads": (_int_range(1, 64), "2"),
+    },
+    "enrollment": {
+        "realm": (_realm, "otad"),
+        "identifier": (_identifier, "com.example.otad"),
+        "display_name": (_nonempty, "Example Inc. Profile Service"),
+        "description": (_nonempty, "Install this profile to enroll this device with Example Inc."),
+        "device_attributes": (_words, "UDID VERSION PRODUCT SERIAL IMEI MEID"),
+        "challenge_ttl": (parse_duration, "15m"),
+    },
+    "ca": {
+        "key_size": (_int_in(3072, 4096), "3072"),
+        "common_name": (_nonempty, ""),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting otad reads, validated; paths are absolute."""
+
+    listen: tuple[str, ...] = ("ssl:8443",)
+    hostname: str = "localhost"
+    public_url: str = ""
+    data_dir: Path = Path(".")
+    htpasswd: Path = Path("htpasswd")
+    organization: str = "Example Inc."
+    max_body: int = 65536
+    json_log: Path | None = None
+    crypto_threads: int = 2
+    realm: str = "otad"
+    identifier: str = "com.example.otad"
+    display_name: str = "Example Inc. Profile Service"
+    description: str = ""
+    device_attributes: tuple[str, ...] = ()
+    challenge_ttl: int = 900
+    ca_key_size: int = 3072
+    ca_common_name: str = ""
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.data_dir / "certs"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "otad.sqlite"
+
+
+def default_hostname() -> str:
+    """The machine's short host name, lower-cased: what devices on the LAN most likely use."""
+    try:
+        return _hostname(socket.gethostname())
+    except ValueError:
+        return "localhost"
+
+
+def load(path: Path | None = None, overrides: Mapping[str, object] | None = None) -> Config:
+    """Read the ini file (if any), apply command-line overrides, and validate everything.
+
+    ``overrides`` uses Config field names (``listen``, ``data_dir``, ``hostname``, ``htpasswd``…);
+    a value of None means "not given on the command line".
+    """
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except (configparser.Error, UnicodeDecodeError) as error:
+            first_line = str(error).splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid ini: {first_line}") from None
+    values: dict[str, dict[str, object]] = {}
+    for section in parser.sections():
+        if section not in _SCHEMA:
+            raise ConfigError(f"unknown config section [{section}]")
+    for section, keys in _SCHEMA.items():
+        given = parser[section] if parser.has_section(section) else {}
+        for key in given:
+            if key not in keys:
+                raise ConfigError(f"unknown config key [{section}] {key}")
+        values[section] = {}
+        for key, (convert, default) in keys.items():
+            text = given.get(key, default)
+            try:
+                values[section][key] = convert(text)
+            except ValueError as error:
+                raise ConfigError(f"bad value for [{section}] {key}: {error}") from None
+    server, enrollment, ca = values["server"], values["enrollment"], values["ca"]
+    for key, value in (overrides or {}).items():
+        if value is None or value == () or value == []:
+            continue
+        target = {"listen": server, "data_dir": server, "hostname": server, "htpasswd": server}.get(key)
+        if target is None:
+            raise ConfigError(f"unknown override {key}")
+        try:
+            target[key] = _SCHEMA["server"][key][0](value) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ConfigError(f"bad value for --{key.replace('_', '-')}: {error}") from None
+    if not server["listen"]:
+        raise ConfigError("bad value for [server] listen: at least one endpoint is needed")
+    if "UDID" not in enrollment["device_attributes"]:  # type: ignore[operator]
+        raise ConfigError("bad value for [enrollment] device_attributes: UDID is required")
+    data_dir = Path(str(server["data_dir"])).expanduser().absolute()
+    htpasswd = Path(str(server["htpasswd"])) if server["htpasswd"] else data_dir / "htpasswd"
+    json_log = Path(str(server["json_log"])).absolute() if server["json_log"] else None
+    organization = str(server["organization"])
+    return Config(
+        listen=tuple(server["listen"]),  # type: ignore[arg-type]
+        hostname=str(server["hostname"]) or default_hostname(),
+        public_url=str(server["public_url"]),
+        data_dir=data_dir,
+        htpasswd=htpasswd.expanduser().absolute(),
+        organization=organization,
+        max_body=int(server["max_body"]),  # type: ignore[call-overload]
+        json_log=json_log,
+        crypto_threads=int(server["crypto_threads"]),  # type: ignore[call-overload]
+        realm=str(enrollment["realm"]),
+        identifier=str(enrollment["identifier"]),
+        display_name=str(enrollment["display_name"]),
+        description=str(enrollment["description"]),
+        device_attributes=tuple(enrollment["device_attributes"]),  # type: ignore[arg-type]
+        challenge_ttl=int(enrollment["challenge_ttl"]),  # type: ignore[call-overload]
+        ca_key_size=int(ca["key_size"]),  # type: ignore[call-overload]
+        ca_common_name=str(ca["common_name"]) or f"{organization} otad Root CA",
+    )

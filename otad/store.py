@@ -1,0 +1,224 @@
+"""otad's persistent state: one-time challenges, the event log, and (as the schema grows) devices and certificates.
+
+The store is synchronous and takes ``now`` from its caller, so it needs no clock and no reactor;
+``StoreThread`` runs it on one dedicated thread so the reactor never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+
+from otad.pool import WorkerPool
+
+T = TypeVar("T")
+
+CHALLENGE_KINDS = ("enroll", "scep", "static")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or upgraded."""
+
+
+class ChallengeRefused(Exception):
+    """A challenge that is unknown, expired, already used or of the wrong kind; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    id: int
+    kind: str
+    bound_to: str | None
+    created: float
+    expires: float
+    uses_left: int
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    kind: str
+    outcome: str
+    user: str | None
+    udid: str | None
+    serial: str | None
+    reason: str | None
+
+
+def _upgrade_scripts() -> list[tuple[int, str]]:
+    """The shipped ``upgrade-to-vN.sql`` scripts, in version order."""
+    scripts = []
+    for entry in resources.files("otad").joinpath("schema").iterdir():
+        name = entry.name
+        if name.startswith("upgrade-to-v") and name.endswith(".sql"):
+            scripts.append((int(name[len("upgrade-to-v") : -len(".sql")]), entry.read_text(encoding="utf-8")))
+    return sorted(scripts)
+
+
+class Store:
+    """SQLite state, in WAL mode so ``otad-admin`` can read and write while the daemon runs."""
+
+    def __init__(self, path: Path | str) -> None:
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write transaction
+            # takes the write lock up front instead of failing half-way with SQLITE_BUSY.
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a certificate otad has sent must survive a power cut, not only a crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._depth = 0
+            self._upgrade()
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open the state database {path}: {error}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nested uses join the outermost one, so callers can compose steps."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._db
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self._db
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def _upgrade(self) -> None:
+        with self.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)")
+            current = self.schema_version()
+            scripts = _upgrade_scripts()
+            newest = scripts[-1][0] if scripts else 0
+            if current > newest:
+                raise StoreError(f"the database is at schema version {current}, newer than this otad ({newest})")
+            for version, script in scripts:
+                if version > current:
+                    for statement in _statements(script):
+                        db.execute(statement)
+                    db.execute("INSERT INTO schema_version VALUES (?, julianday('now'))", (version,))
+
+    # -- challenges ------------------------------------------------------------------------
+
+    def add_challenge(
+        self, digest: bytes, kind: str, bound_to: str | None, *, now: float, ttl: float, uses: int = 1
+    ) -> int:
+        """Store a challenge by its digest; returns its id."""
+        if kind not in CHALLENGE_KINDS:
+            raise ValueError(f"unknown challenge kind {kind!r}")
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO challenges (digest, kind, bound_to, created, expires, uses_left) VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, kind, bound_to, now, now + ttl, uses),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def consume_challenge(self, digest: bytes, kinds: tuple[str, ...], *, now: float) -> Challenge:
+        """Use one of a challenge's uses, atomically; two concurrent consumers can't both succeed."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id, kind, bound_to, created, expires, uses_left FROM challenges WHERE digest = ?", (digest,)
+            ).fetchone()
+            if row is None or row[1] not in kinds:
+                raise ChallengeRefused("unknown challenge")
+            challenge = Challenge(*row)
+            if challenge.expires <= now:
+                raise ChallengeRefused("challenge expired")
+            if challenge.uses_left <= 0:
+                raise ChallengeRefused("challenge already used")
+            db.execute(
+                "UPDATE challenges SET uses_left = uses_left - 1, last_used = ? WHERE id = ? AND uses_left > 0",
+                (now, challenge.id),
+            )
+        return challenge
+
+    def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
+        """Forget challenges that expired more than ``keep`` seconds ago; returns how many."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM challenges WHERE expires < ?", (now - keep,)).rowcount
+
+    # -- events ------------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        *,
+        now: float,
+        kind: str,
+        outcome: str,
+        user: str | None = None,
+        udid: str | None = None,
+        serial: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (at, kind, outcome, user, udid, serial, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (now, kind, outcome, user, udid, serial, reason),
+            )
+
+    def events(self, *, limit: int = 100) -> list[Event]:
+        """The newest events, newest first."""
+        rows = self._db.execute(
+            "SELECT at, kind, outcome, user, udid, serial, reason FROM events ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [Event(*row) for row in rows]
+
+
+def _statements(script: str) -> list[str]:
+    """Split an upgrade script into statements (they contain no semicolons inside literals)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]
+
+
+class StoreThread(WorkerPool):
+    """Runs every store call on one dedicated thread: SQLite commits (an fsync each) never block the reactor."""
+
+    def __init__(self, reactor: IReactorFromThreads, opener: Callable[[], Store]) -> None:
+        super().__init__(reactor, "otad-store", threads=1)
+        self._opener = opener
+        self._store: Store | None = None
+
+    def open(self) -> Deferred[Store]:
+        """Open (and upgrade) the database on the store thread."""
+
+        def opened(store: Store) -> Store:
+            self._store = store
+            return store
+
+        return self.run(self._opener).addCallback(opened)
+
+    def call(self, operation: Callable[[Store], T]) -> Deferred[T]:
+        """Run ``operation(store)`` on the store thread."""
+        store = self._store
+        if store is None:
+            raise StoreError("the store is not open")
+        return self.run(operation, store)
+
+    def stopService(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            self.run(store.close)
+        super().stopService()

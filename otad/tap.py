@@ -1,0 +1,174 @@
+"""``twistd otad``: command-line options and the service tree (crypto pool, store thread, site endpoints)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from otad import config as configuration
+from otad.ca import Authority, bootstrap
+from otad.enrollment import Enrollment
+from otad.pool import WorkerPool
+from otad.resources.ca import RootCertificate
+from otad.resources.enroll import enroll_resource
+from otad.resources.root import Root
+from otad.resources.welcome import WelcomePage
+from otad.store import Store, StoreThread
+from otad.users import HtpasswdChecker, create_first_user
+from otad.web import OtadSite
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """The stable command line: ``twistd -n otad [--config FILE] [--listen STRPORT]... [--data-dir DIR] ...``."""
+
+    synopsis = "[--config FILE] [--listen STRPORT]... [--data-dir DIR] [--hostname NAME] [--htpasswd FILE]"
+    optParameters = [
+        ["config", "c", None, "ini configuration file; etc/otad.conf documents every key"],
+        ["data-dir", "d", None, "directory holding certs/ and the SQLite store (default: the current directory)"],
+        ["hostname", None, None, "name for the TLS certificate and payload URLs (default: this host's name)"],
+        ["htpasswd", None, None, "users file, Apache htpasswd format with bcrypt entries (default: DATA_DIR/htpasswd)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A strports endpoint to serve on; repeatable (default ssl:8443; tcp:PORT serves plain HTTP)."""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        overrides = {
+            "listen": self["listen"],
+            "data_dir": self["data-dir"],
+            "hostname": self["hostname"],
+            "htpasswd": self["htpasswd"],
+        }
+        try:
+            self["settings"] = configuration.load(self["config"], overrides)
+        except configuration.ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def complete_endpoint(description: str, authority: Authority) -> str:
+    """Give ``ssl:PORT`` (with no key options) otad's generated TLS certificate and chain."""
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("ssl", "tls") or "privateKey=" in description or "certKey=" in description:
+        return description
+    quote = endpoints.quoteStringArgument
+    return (
+        f"{description}:privateKey={quote(str(authority.tls_key_path))}"
+        f":certKey={quote(str(authority.tls_cert_path))}"
+        f":extraCertChain={quote(str(authority.root_cert_path))}"
+    )
+
+
+class OtadService(MultiService):
+    """Bootstraps certificates and the store on worker threads, then starts listening.
+
+    Key generation happens here rather than in makeService so that it never runs on the
+    reactor thread; until it is done nothing listens.
+    """
+
+    def __init__(self, settings: configuration.Config, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self._reactor = reactor
+        self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads)
+        self.crypto.setServiceParent(self)
+        self.store = StoreThread(reactor, lambda: Store(settings.database))
+        self.store.setServiceParent(self)
+        self.ports: list[IListeningPort] = []
+        self.ready: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = ensureDeferred(self._start())
+        self.ready.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        log.critical("otad cannot start: {reason}", reason=str(failure.value).splitlines()[0] if str(failure.value) else failure.type.__name__)
+        if self._reactor.running:
+            self._reactor.stop()
+        return None
+
+    async def _start(self) -> None:
+        settings = self.settings
+        lines: list[str] = []
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        authority = await self.crypto.run(
+            lambda: bootstrap(
+                settings.certs_dir,
+                hostname=settings.hostname,
+                organization=settings.organization,
+                common_name=settings.ca_common_name,
+                ca_key_size=settings.ca_key_size,
+                now=datetime.datetime.now(datetime.timezone.utc),
+                report=lines.append,
+            )
+        )
+        for line in lines:
+            log.info("certificates: {line}", line=line)
+        await self.store.open()
+        first_password = await self.crypto.run(create_first_user, settings.htpasswd)
+        site = self.build_site(authority)
+        urls = []
+        for description in settings.listen:
+            endpoint = endpoints.serverFromString(self._reactor, complete_endpoint(description, authority))
+            port = await endpoint.listen(site)
+            self.ports.append(port)
+            scheme = "https" if description.split(":", 1)[0].lower() in ("ssl", "tls") else "http"
+            urls.append(f"{scheme}://{settings.hostname}:{port.getHost().port}")
+            log.info("otad listening on {url}/", url=urls[-1], port=port.getHost().port)
+        if first_password is not None:
+            # Shown once, on the first start only, so that a newcomer can log in at all.
+            log.warn(
+                "created the users file {path} with user 'apple' and password {first_password}; "
+                "enroll at {url}",
+                path=str(settings.htpasswd),
+                first_password=first_password,
+                url=f"{settings.public_url or urls[0]}/enroll",
+            )
+
+    def build_site(self, authority: Authority) -> OtadSite:
+        settings = self.settings
+        enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor)
+        checker = HtpasswdChecker(settings.htpasswd, self.crypto.run)
+        root = Root(
+            {
+                b"": WelcomePage(settings.organization, settings.display_name),
+                b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
+                b"enroll": enroll_resource(enrollment, checker, settings.realm, settings.public_url),
+            }
+        )
+        return OtadSite(root, max_body=settings.max_body, reactor=self._reactor)
+
+    async def _stop_listening(self) -> None:
+        ports, self.ports = self.ports, []
+        for port in ports:
+            await port.stopListening()
+
+    def stopService(self) -> Deferred[None]:
+        stopping = ensureDeferred(self._stop_listening())
+        stopping.addCallback(lambda _: MultiService.stopService(self))
+        return stopping
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    os.umask(0o077)
+    return OtadService(options["settings"], reactor)

@@ -1,0 +1,256 @@
+"""HTTP plumbing shared by every resource: body caps, prompt refusals, async rendering and request logs.
+
+Resources answer with a ``Reply`` or raise ``Refusal``; ``render_async`` turns either into a
+response, logs anything unexpected as a 500 without showing a traceback to the client, and
+never writes after the client has gone.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import IO, Any, Awaitable, Callable, Mapping
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+log = Logger()
+
+# Request lines and single header lines longer than this get a 431 (Twisted's default is to
+# drop the connection silently, which leaves clients hanging).
+MAX_LINE = 8192
+
+
+@dataclass
+class Reply:
+    """A successful answer."""
+
+    body: bytes
+    content_type: bytes = b"text/plain; charset=utf-8"
+    code: int = 200
+    headers: Mapping[bytes, bytes] = field(default_factory=dict)
+    outcome: str = "ok"
+
+
+class Refusal(Exception):
+    """A client error: ``code`` (4xx) and a one-line ``reason`` that is shown to the client and logged."""
+
+    def __init__(self, code: int, reason: str, headers: Mapping[bytes, bytes] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason.splitlines()[0] if reason else http.RESPONSES.get(code, b"").decode()
+        self.headers = dict(headers or {})
+
+
+def _plain(request: Request, code: int, text: str, headers: Mapping[bytes, bytes] = {}) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    for name, value in headers.items():
+        request.setHeader(name, value)
+    return (text + "\n").encode("utf-8")
+
+
+def refuse(request: Request, refusal: Refusal) -> bytes:
+    """Write a refusal's status and headers, note it for the request log, and return its body."""
+    request.otad_outcome = f"refused: {refusal.reason}"  # type: ignore[attr-defined]
+    return _plain(request, refusal.code, refusal.reason, refusal.headers)
+
+
+def _apply(request: Request, reply: Reply) -> bytes:
+    request.setResponseCode(reply.code)
+    request.setHeader(b"content-type", reply.content_type)
+    for name, value in reply.headers.items():
+        request.setHeader(name, value)
+    request.otad_outcome = reply.outcome  # type: ignore[attr-defined]
+    return reply.body
+
+
+def render_async(request: Request, handler: Callable[[], Awaitable[Reply] | Reply]) -> object:
+    """Render ``handler()`` (a coroutine, Deferred or plain Reply) into ``request``.
+
+    Returns NOT_DONE_YET; the response is written when the handler finishes, unless the client
+    has disconnected, in which case the handler's Deferred is cancelled.
+    """
+    try:
+        result = handler()
+    except Refusal as refusal:
+        return refuse(request, refusal)
+    except Exception:
+        log.failure("unexpected error in {path}", path=_path(request))
+        return _plain(request, 500, "internal error")
+    if isinstance(result, Reply):
+        return _apply(request, result)
+    work: Deferred[Reply] = ensureDeferred(result)  # type: ignore[arg-type]
+    gone = False
+
+    def client_gone(_: object) -> None:
+        nonlocal gone
+        gone = True
+        work.cancel()
+
+    request.notifyFinish().addErrback(client_gone)
+
+    def done(reply: Reply) -> None:
+        if not gone:
+            request.write(_apply(request, reply))
+            request.finish()
+
+    def failed(failure: Failure) -> None:
+        if gone and failure.check(CancelledError):
+            return
+        if failure.check(Refusal):
+            body = refuse(request, failure.value)
+        else:
+            log.failure("unexpected error in {path}", failure=failure, path=_path(request))
+            request.otad_outcome = "error"  # type: ignore[attr-defined]
+            body = _plain(request, 500, "internal error")
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    work.addCallbacks(done, failed).addErrback(lambda failure: log.failure("while answering", failure=failure))
+    return NOT_DONE_YET
+
+
+def _path(request: Request) -> str:
+    return request.path.decode("ascii", "replace")
+
+
+class MethodResource(Resource):
+    """A leaf resource that answers 405 with an Allow header for methods it doesn't implement."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> object:
+        method = request.method.decode("ascii", "replace")
+        if method == "HEAD":
+            method = "GET"  # Resource.render answers HEAD with render_GET, minus the body
+        if not hasattr(self, "render_" + method):
+            allowed = sorted(name[len("render_") :] for name in dir(self) if name.startswith("render_"))
+            return refuse(request, Refusal(405, f"method {method} not allowed here", {b"allow": ", ".join(allowed).encode()}))
+        return super().render(request)
+
+
+class NotFound(Resource):
+    """Every unknown path: 404 with a one-line reason."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return refuse(request, Refusal(404, f"no such resource: {_path(request)}"))
+
+
+class OtadRequest(Request):
+    """A Request whose body is capped as it arrives: past ``max_body`` bytes it is thrown away and answered 413."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_body: int = getattr(getattr(self.channel, "site", None), "max_body", 65536)
+        self.otad_started = time.monotonic()
+        self.otad_user: str | None = None
+        self.otad_outcome = "ok"
+        self._body_size = 0
+        self._too_large = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._too_large = True
+            self.content: IO[bytes] = BytesIO()
+            return
+        # Bodies are capped at max_body, so memory is the right place for them.
+        self.content = BytesIO() if length is not None else tempfile.SpooledTemporaryFile(self.max_body)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._too_large:
+            return
+        self._body_size += len(data)
+        if self._body_size > self.max_body:
+            self._too_large = True
+            self.content = BytesIO()
+            return
+        self.content.write(data)
+
+    def process(self) -> None:
+        if self._too_large:
+            self.setHeader(b"connection", b"close")
+            self.write(refuse(self, Refusal(413, f"request body larger than {self.max_body} bytes")))
+            self.finish()
+            return
+        super().process()
+
+
+class OtadChannel(http.HTTPChannel):
+    """An HTTP channel that answers over-long request lines and headers instead of hanging up silently."""
+
+    MAX_LENGTH = MAX_LINE
+
+    def _refuse_and_close(self, status: bytes, reason: bytes) -> None:
+        body = reason + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        log.info("refused a request: {reason}", reason=reason.decode(), outcome="refused")
+        self.loseConnection()
+        # Stop parsing whatever else this connection sends.
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_and_close(b"431 Request Header Fields Too Large", b"request line or header line too long")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own answer has no body, no length and keeps reading; say why and stop.
+        self._refuse_and_close(b"400 Bad Request", b"malformed request or headers too large")
+
+
+_SAFE_PATH = re.compile(r"[^\x21-\x7e]")
+
+
+class OtadSite(Site):
+    """The site: builds OtadRequests with the configured cap and logs every request as a structured event."""
+
+    requestFactory = OtadRequest
+    protocol = OtadChannel
+
+    def __init__(self, resource: Resource, max_body: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body = max_body
+        self.displayTracebacks = False
+
+    def log(self, request: Request) -> None:
+        path = _SAFE_PATH.sub("?", request.path.decode("latin-1"))[:200]
+        log.info(
+            "{method} {path} {code} {outcome} user={user} {ms}ms",
+            method=request.method.decode("ascii", "replace")[:16],
+            path=path,
+            code=request.code,
+            outcome=getattr(request, "otad_outcome", "ok"),
+            user=getattr(request, "otad_user", None),
+            ms=round((time.monotonic() - getattr(request, "otad_started", time.monotonic())) * 1000, 1),
+            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else None,
+        )
+
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def base_url(request: Request, public_url: str) -> str:
+    """The URL prefix for payload URLs: ``public_url`` when configured, else from the request's Host.
+
+    Apple's sample server also builds URLs from the Host header; we validate it first so a
+    forged header cannot inject anything into a signed profile.
+    """
+    if public_url:
+        return public_url
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    if not _HOST.match(host):
+        raise Refusal(400, "missing or malformed Host header")
+    scheme = "https" if request.isSecure() else "http"
+    return f"{scheme}://{host}"
