@@ -127,6 +127,7 @@ _OID_FORM = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 # plistlib's XML writer refuses these characters in <string>.
 _XML_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _INT_RANGE = (-(2**63), 2**64 - 1)
+_PLIST_TYPES = (str, bytes, bytearray, int, float, datetime, list, tuple, dict)
 
 
 def new_uuid() -> str:
@@ -221,7 +222,9 @@ class _Validator:
     def expect(self, value: object, kind: str, path: str) -> bool:
         if _is_kind(value, kind):
             return True
-        self.error(path, f"must be {_KIND_NAMES[kind]}, not {_kind_of(value)}")
+        # plist_values has already reported values that are no plist type at all.
+        if isinstance(value, _PLIST_TYPES):
+            self.error(path, f"must be {_KIND_NAMES[kind]}, not {_kind_of(value)}")
         return False
 
     def plist_values(self, root: object, path: str) -> None:
