@@ -107,6 +107,8 @@ def _nonempty(text: str) -> str:
 
 def _hostname(text: str) -> str:
     value = text.strip().lower()
+    if not value:
+        return ""  # filled in with this machine's name
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", value):
         raise ValueError(f"not a DNS host name: {text!r}")
     return value
@@ -136,7 +138,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
     },
     "ca": {
         "key_size": (_int_in(3072, 4096), "3072"),
-        "common_name": (_nonempty, ""),
+        "common_name": (lambda text: text.strip(), ""),
     },
 }
 

@@ -1,0 +1,1 @@
+"""otad's trial test suite."""
