@@ -1,0 +1,833 @@
+"""CMS (RFC 5652) SignedData and EnvelopedData as pure functions from bytes to bytes.
+
+It signs and encrypts what otad sends, and verifies and decrypts what devices send, including
+the indefinite-length BER that Apple devices produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import ClassVar
+
+from asn1crypto import algos, cms, core  # type: ignore[import-untyped]
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import (
+    BlockCipherAlgorithm,
+    Cipher,
+    algorithms,
+    modes,
+)
+from cryptography.hazmat.primitives.padding import PKCS7
+from cryptography.hazmat.primitives.serialization import Encoding
+
+__all__ = [
+    "CIPHERS",
+    "DIGESTS",
+    "CMSError",
+    "Decrypted",
+    "Verified",
+    "certs_only",
+    "decrypt",
+    "encrypt",
+    "read_certs_only",
+    "sign",
+    "verify",
+    "verify_chain",
+]
+
+DIGESTS = ("sha1", "sha224", "sha256", "sha384", "sha512")
+CIPHERS = ("aes128", "aes192", "aes256", "des3", "des")
+
+MAX_INPUT = 16 * 1024 * 1024
+_MAX_NESTING = 64
+_MAX_PATH = 8
+# Bounds the signature checks one path search may make, so a message carrying many
+# cross-signed certificates with the same names cannot make the search explode.
+_MAX_PATH_CHECKS = 64
+
+_ID_DATA = "1.2.840.113549.1.7.1"
+_ID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+_ID_ENVELOPED_DATA = "1.2.840.113549.1.7.3"
+_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+_SIGNING_TIME = "1.2.840.113549.1.9.5"
+_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+
+_DIGEST_OIDS = {
+    "sha1": "1.3.14.3.2.26",
+    "sha224": "2.16.840.1.101.3.4.2.4",
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+}
+_DIGEST_BY_OID = {oid: name for name, oid in _DIGEST_OIDS.items()}
+_RSA_SIGNATURE_OIDS = {
+    "sha1": "1.2.840.113549.1.1.5",
+    "sha224": "1.2.840.113549.1.1.14",
+    "sha256": "1.2.840.113549.1.1.11",
+    "sha384": "1.2.840.113549.1.1.12",
+    "sha512": "1.2.840.113549.1.1.13",
+}
+_DIGEST_BY_RSA_SIGNATURE_OID = {oid: name for name, oid in _RSA_SIGNATURE_OIDS.items()}
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+@dataclass(frozen=True)
+class _CipherSpec:
+    oid: str
+    key_size: int
+    block_size: int
+
+
+_CIPHER_SPECS = {
+    "aes128": _CipherSpec("2.16.840.1.101.3.4.1.2", 16, 16),
+    "aes192": _CipherSpec("2.16.840.1.101.3.4.1.22", 24, 16),
+    "aes256": _CipherSpec("2.16.840.1.101.3.4.1.42", 32, 16),
+    "des3": _CipherSpec("1.2.840.113549.3.7", 24, 8),
+    "des": _CipherSpec("1.3.14.3.2.7", 8, 8),
+}
+_CIPHER_BY_OID = {spec.oid: name for name, spec in _CIPHER_SPECS.items()}
+
+_CANNOT_DECRYPT = "cannot decrypt the enveloped content"
+
+
+class CMSError(ValueError):
+    """Every failure in this module; str() is a short reason that is safe to show a client."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The content of a SignedData whose signature verified, and who signed it."""
+
+    content: bytes
+    signer: x509.Certificate
+    certificates: tuple[x509.Certificate, ...]
+    digest: str
+    attributes: Mapping[str, tuple[bytes, ...]]
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """The content of an EnvelopedData and the content cipher its sender chose."""
+
+    content: bytes
+    cipher: str
+
+
+class _AnyValues(core.SetOf):  # type: ignore[misc]
+    _child_spec: ClassVar[type] = core.Any
+
+
+class _Attribute(core.Sequence):  # type: ignore[misc]
+    # asn1crypto decodes the values of attribute types it knows, and may fail lazily
+    # on them; this spec keeps every value as the raw bytes that were received.
+    _fields: ClassVar[list[tuple[str, type]]] = [
+        ("type", core.ObjectIdentifier),
+        ("values", _AnyValues),
+    ]
+
+
+class _Attributes(core.SetOf):  # type: ignore[misc]
+    _child_spec: ClassVar[type] = _Attribute
+
+
+@contextmanager
+def _malformed(reason: str) -> Iterator[None]:
+    try:
+        yield
+    except CMSError:
+        raise
+    except Exception as exc:
+        # asn1crypto parses lazily and reports bad input with ValueError, TypeError,
+        # KeyError, IndexError and others, often on attribute access far from load().
+        raise CMSError(reason) from exc
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(encoded)]) + encoded
+
+
+def _der_tlv(tag: int, contents: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(contents)) + contents
+
+
+def _tlv_end(data: bytes, pos: int, limit: int, depth: int) -> int:
+    """Return where the BER element starting at pos ends, checking it fits in limit."""
+    if depth > _MAX_NESTING:
+        raise CMSError("ASN.1 nesting too deep")
+    if pos >= limit:
+        raise CMSError("truncated DER")
+    first = data[pos]
+    pos += 1
+    if first & 0x1F == 0x1F:
+        for _ in range(4):
+            if pos >= limit:
+                raise CMSError("truncated DER")
+            pos += 1
+            if not data[pos - 1] & 0x80:
+                break
+        else:
+            raise CMSError("malformed ASN.1 tag")
+    if pos >= limit:
+        raise CMSError("truncated DER")
+    length_octet = data[pos]
+    pos += 1
+    constructed = bool(first & 0x20)
+    if length_octet == 0x80:
+        if not constructed:
+            raise CMSError("malformed ASN.1 length")
+        while True:
+            if pos + 2 > limit:
+                raise CMSError("truncated DER")
+            if data[pos] == 0 and data[pos + 1] == 0:
+                return pos + 2
+            pos = _tlv_end(data, pos, limit, depth + 1)
+    if length_octet & 0x80:
+        count = length_octet & 0x7F
+        if count > 4:
+            raise CMSError("malformed ASN.1 length")
+        if pos + count > limit:
+            raise CMSError("truncated DER")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    else:
+        length = length_octet
+    end = pos + length
+    if end > limit:
+        raise CMSError("truncated DER")
+    if constructed:
+        while pos < end:
+            pos = _tlv_end(data, pos, end, depth + 1)
+    return end
+
+
+def _check_ber(data: bytes) -> None:
+    """Check the framing of the whole input before asn1crypto parses it lazily."""
+    if not isinstance(data, bytes):
+        raise CMSError("input is not bytes")
+    if not data:
+        raise CMSError("empty input")
+    if len(data) > MAX_INPUT:
+        raise CMSError("input too large")
+    if _tlv_end(data, 0, len(data), 0) != len(data):
+        raise CMSError("trailing data after the CMS structure")
+
+
+def _load(der: bytes, content_type: str, reason: str) -> core.Asn1Value:
+    _check_ber(der)
+    with _malformed("not a CMS ContentInfo"):
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].dotted != content_type:
+            raise CMSError(reason)
+        return info["content"]
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def _asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(_der(cert))
+
+
+def _carried_certificates(
+    signed_data: cms.SignedData,
+) -> list[tuple[asn1_x509.Certificate, x509.Certificate]]:
+    carried = []
+    field_ = signed_data["certificates"]
+    if isinstance(field_, core.Void):
+        return []
+    for choice in field_:
+        if choice.name != "certificate":
+            continue
+        try:
+            cert = x509.load_der_x509_certificate(choice.chosen.dump())
+        except ValueError as exc:
+            raise CMSError("cannot parse a carried certificate") from exc
+        carried.append((choice.chosen, cert))
+    return carried
+
+
+def _matches(identifier: core.Choice, cert: asn1_x509.Certificate) -> bool:
+    """Whether a SignerIdentifier or RecipientIdentifier names cert."""
+    if identifier.name == "issuer_and_serial_number":
+        wanted = identifier.chosen
+        return bool(
+            wanted["serial_number"].native == cert.serial_number
+            and wanted["issuer"] == cert.issuer
+        )
+    if identifier.name == "subject_key_identifier":
+        return bool(identifier.chosen.native == cert.key_identifier)
+    return False
+
+
+def _hash(digest: str) -> hashes.HashAlgorithm:
+    try:
+        return _HASHES[digest]()
+    except KeyError:
+        raise CMSError(f"unsupported digest: {digest}") from None
+
+
+def _encode_attribute(oid: str, value: bytes) -> bytes:
+    with _malformed("signed attribute value is not DER"):
+        core.load(value, strict=True)
+        oid_der = core.ObjectIdentifier(oid).dump()
+    return _der_tlv(0x30, oid_der + _der_tlv(0x31, value))
+
+
+def _attribute_set(attributes: Sequence[tuple[str, bytes]]) -> bytes:
+    oids = [oid for oid, _ in attributes]
+    if len(set(oids)) != len(oids):
+        raise CMSError("duplicate signed attribute")
+    # DER orders SET OF by encoding; OpenSSL re-encodes before verifying, so an
+    # unsorted set would not verify there.
+    encoded = sorted(_encode_attribute(oid, value) for oid, value in attributes)
+    return _der_tlv(0x31, b"".join(encoded))
+
+
+def _read_attributes(attribute_set: bytes) -> dict[str, tuple[bytes, ...]]:
+    with _malformed("malformed signed attributes"):
+        parsed = _Attributes.load(attribute_set, strict=True)
+        attributes: dict[str, tuple[bytes, ...]] = {}
+        for attribute in parsed:
+            oid = attribute["type"].dotted
+            if oid in attributes:
+                raise CMSError("duplicate signed attribute")
+            values = tuple(value.dump() for value in attribute["values"])
+            if not values:
+                raise CMSError("signed attribute without a value")
+            attributes[oid] = values
+        return attributes
+
+
+def _single(attributes: Mapping[str, tuple[bytes, ...]], oid: str, name: str) -> bytes:
+    values = attributes.get(oid)
+    if values is None:
+        raise CMSError(f"signed attributes lack {name}")
+    if len(values) != 1:
+        raise CMSError(f"{name} must have exactly one value")
+    return values[0]
+
+
+def _algorithm(digest: str, rsa_encryption_oid: bool) -> tuple[str, str]:
+    """OIDs of the digestAlgorithm and signatureAlgorithm for an RSA signer."""
+    if digest not in _DIGEST_OIDS:
+        raise CMSError(f"unsupported digest: {digest}")
+    signature = _RSA_ENCRYPTION if rsa_encryption_oid else _RSA_SIGNATURE_OIDS[digest]
+    return _DIGEST_OIDS[digest], signature
+
+
+def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    seen: set[bytes] = set()
+    unique = []
+    for cert in certs:
+        der = _der(cert)
+        if der not in seen:
+            seen.add(der)
+            unique.append(cert)
+    return unique
+
+
+def _certificate_set(certs: Sequence[x509.Certificate]) -> list[cms.CertificateChoices]:
+    return [
+        cms.CertificateChoices(name="certificate", value=_asn1_cert(cert))
+        for cert in _unique(certs)
+    ]
+
+
+def sign(
+    content: bytes,
+    cert: x509.Certificate,
+    key: rsa.RSAPrivateKey,
+    chain: Sequence[x509.Certificate] = (),
+    digest: str = "sha256",
+    *,
+    attributes: Sequence[tuple[str, bytes]] = (),
+    signed_attributes: bool = True,
+    rsa_encryption_oid: bool = False,
+) -> bytes:
+    """Sign content with key, embedding it, and return the DER ContentInfo(SignedData).
+
+    attributes are extra signed attributes as (dotted OID, DER of the single value).
+    Without signed_attributes the signature covers the content itself, as Apple devices
+    sign; rsa_encryption_oid names the signature algorithm rsaEncryption, as SCEP wants.
+    """
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CMSError("signer key is not RSA")
+    if cert.public_key() != key.public_key():
+        raise CMSError("signer key does not match the certificate")
+    if attributes and not signed_attributes:
+        raise CMSError("extra attributes need signed attributes")
+    digest_oid, signature_oid = _algorithm(digest, rsa_encryption_oid)
+    hash_ = _hash(digest)
+    signer = _asn1_cert(cert)
+    signer_info = {
+        "version": "v1",
+        "sid": cms.SignerIdentifier(
+            name="issuer_and_serial_number",
+            value=cms.IssuerAndSerialNumber(
+                {"issuer": signer.issuer, "serial_number": signer.serial_number}
+            ),
+        ),
+        "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest_oid}),
+        "signature_algorithm": algos.SignedDigestAlgorithm(
+            {"algorithm": signature_oid, "parameters": core.Null()}
+        ),
+    }
+    if signed_attributes:
+        standard = [
+            (_CONTENT_TYPE, core.ObjectIdentifier(_ID_DATA).dump()),
+            (_MESSAGE_DIGEST, core.OctetString(_digest_of(content, digest)).dump()),
+            (_SIGNING_TIME, core.UTCTime(datetime.now(UTC)).dump()),
+        ]
+        attribute_set = _attribute_set(standard + list(attributes))
+        signer_info["signed_attrs"] = cms.CMSAttributes.load(attribute_set)
+        signed = attribute_set
+    else:
+        signed = content
+    signer_info["signature"] = key.sign(signed, padding.PKCS1v15(), hash_)
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest_oid})],
+            "encap_content_info": {"content_type": "data", "content": content},
+            "certificates": _certificate_set([cert, *chain]),
+            "signer_infos": [cms.SignerInfo(signer_info)],
+        }
+    )
+    return bytes(
+        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+    )
+
+
+def _digest_of(content: bytes, digest: str) -> bytes:
+    return hashlib.new(digest, content).digest()
+
+
+def verify(der: bytes) -> Verified:
+    """Verify a SignedData with embedded content and exactly one RSA signer.
+
+    This checks the signature and the messageDigest attribute only; whom to trust is
+    for verify_chain. BER, including indefinite lengths, is accepted.
+    """
+    signed_data = _load(der, _ID_SIGNED_DATA, "not a CMS SignedData")
+    with _malformed("malformed SignedData"):
+        return _verify_signed_data(signed_data)
+
+
+def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
+    encapsulated = signed_data["encap_content_info"]
+    if isinstance(encapsulated["content"], core.Void):
+        raise CMSError("detached SignedData is not supported")
+    content = bytes(encapsulated["content"])
+    signer_infos = signed_data["signer_infos"]
+    if len(signer_infos) != 1:
+        raise CMSError("expected exactly one signer")
+    signer_info = signer_infos[0]
+    carried = _carried_certificates(signed_data)
+    signer = next(
+        (cert for asn1, cert in carried if _matches(signer_info["sid"], asn1)), None
+    )
+    if signer is None:
+        raise CMSError("signer certificate not included")
+
+    digest = _DIGEST_BY_OID.get(signer_info["digest_algorithm"]["algorithm"].dotted)
+    if digest is None:
+        raise CMSError("unsupported digest algorithm")
+    signature_oid = signer_info["signature_algorithm"]["algorithm"].dotted
+    if signature_oid != _RSA_ENCRYPTION:
+        implied = _DIGEST_BY_RSA_SIGNATURE_OID.get(signature_oid)
+        if implied is None:
+            raise CMSError("unsupported signature algorithm")
+        if implied != digest:
+            raise CMSError("signature and digest algorithms disagree")
+
+    attributes: dict[str, tuple[bytes, ...]] = {}
+    signed_attrs = signer_info["signed_attrs"]
+    if isinstance(signed_attrs, core.Void):
+        signed = content
+    else:
+        # The signature covers the attributes as the signer encoded them, so verify
+        # over the received bytes re-tagged as a SET rather than over a re-encoding.
+        signed = _der_tlv(0x31, signed_attrs.contents)
+        attributes = _read_attributes(signed)
+        content_type = _single(attributes, _CONTENT_TYPE, "contentType")
+        if core.ObjectIdentifier.load(content_type, strict=True).dotted != (
+            encapsulated["content_type"].dotted
+        ):
+            raise CMSError("contentType attribute does not match the content")
+        message_digest = _single(attributes, _MESSAGE_DIGEST, "messageDigest")
+        if core.OctetString.load(message_digest, strict=True).native != _digest_of(
+            content, digest
+        ):
+            raise CMSError("message digest does not match the content")
+
+    public_key = signer.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise CMSError("unsupported signer key type")
+    try:
+        public_key.verify(
+            signer_info["signature"].native, signed, padding.PKCS1v15(), _hash(digest)
+        )
+    except (InvalidSignature, ValueError):
+        raise CMSError("signature does not verify") from None
+    return Verified(
+        content=content,
+        signer=signer,
+        certificates=tuple(cert for _, cert in carried),
+        digest=digest,
+        attributes=MappingProxyType(attributes),
+    )
+
+
+def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
+    if now < cert.not_valid_before_utc:
+        return "certificate in the chain is not yet valid"
+    if now > cert.not_valid_after_utc:
+        return "certificate in the chain has expired"
+    return None
+
+
+def _key_problem(cert: x509.Certificate, allow_legacy: bool) -> str | None:
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "unsupported public key in the chain"
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < (1024 if allow_legacy else 2048):
+            return "RSA key too small in the chain"
+    elif not isinstance(key, ec.EllipticCurvePublicKey):
+        return "unsupported public key in the chain"
+    return None
+
+
+def _signature_problem(cert: x509.Certificate, allow_legacy: bool) -> str | None:
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return "unsupported signature algorithm in the chain"
+    if isinstance(algorithm, hashes.SHA1) and not allow_legacy:
+        return "SHA-1 signature in the chain"
+    if not isinstance(algorithm, tuple(_HASHES.values())):
+        return "unsupported signature algorithm in the chain"
+    return None
+
+
+def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    # Certificate.verify_directly_issued_by refuses SHA-1, which Apple's chain needs.
+    try:
+        key = issuer.public_key()
+        algorithm = cert.signature_hash_algorithm
+        parameters = cert.signature_algorithm_parameters
+        if (
+            isinstance(key, rsa.RSAPublicKey)
+            and isinstance(parameters, (padding.PKCS1v15, padding.PSS))
+            and algorithm is not None
+        ):
+            key.verify(
+                cert.signature, cert.tbs_certificate_bytes, parameters, algorithm
+            )
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
+            parameters, ec.ECDSA
+        ):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters)
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True
+
+
+def _issuer_problem(
+    issuer: x509.Certificate, below: int, is_anchor: bool
+) -> str | None:
+    """Whether issuer may issue a certificate with `below` intermediates under it."""
+    constraints = _extension(issuer, x509.BasicConstraints)
+    if constraints is None:
+        # Old self-signed roots predate basicConstraints; trust in them is explicit.
+        return None if is_anchor else "issuer in the chain is not a CA"
+    assert isinstance(constraints, x509.BasicConstraints)
+    if not constraints.ca:
+        return "issuer in the chain is not a CA"
+    if constraints.path_length is not None and below > constraints.path_length:
+        return "path length constraint exceeded"
+    usage = _extension(issuer, x509.KeyUsage)
+    if isinstance(usage, x509.KeyUsage) and not usage.key_cert_sign:
+        return "issuer in the chain may not sign certificates"
+    return None
+
+
+@dataclass
+class _PathSearch:
+    pool: list[x509.Certificate]
+    anchors: set[bytes]
+    now: datetime | None
+    allow_legacy: bool
+    problems: list[str] = field(default_factory=list)
+    checks: int = 0
+
+    def cert_problem(self, cert: x509.Certificate) -> str | None:
+        if self.now is not None:
+            problem = _validity_problem(cert, self.now)
+            if problem:
+                return problem
+        return _key_problem(cert, self.allow_legacy)
+
+    def extend(self, path: list[x509.Certificate]) -> list[x509.Certificate] | None:
+        current = path[-1]
+        if _der(current) in self.anchors:
+            return path
+        problem = _signature_problem(current, self.allow_legacy)
+        if problem:
+            self.problems.append(problem)
+            return None
+        if len(path) >= _MAX_PATH:
+            self.problems.append("certificate chain too long")
+            return None
+        in_path = {_der(cert) for cert in path}
+        for candidate in self.pool:
+            # Names only preselect candidates; the signature decides.
+            if candidate.subject != current.issuer or _der(candidate) in in_path:
+                continue
+            self.checks += 1
+            if self.checks > _MAX_PATH_CHECKS:
+                self.problems.append("certificate chain too complex")
+                return None
+            if not _signed_by(current, candidate):
+                continue
+            is_anchor = _der(candidate) in self.anchors
+            problem = _issuer_problem(candidate, len(path) - 1, is_anchor)
+            problem = problem or self.cert_problem(candidate)
+            if problem:
+                self.problems.append(problem)
+                continue
+            found = self.extend([*path, candidate])
+            if found:
+                return found
+        return None
+
+
+def verify_chain(
+    signer: x509.Certificate,
+    certs: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    ignore_validity: bool = False,
+    allow_legacy: bool = False,
+    now: datetime | None = None,
+) -> list[x509.Certificate]:
+    """Return a path from signer to one of anchors, following signatures.
+
+    Anchors are trusted because they are in anchors (compared by DER); the anchor's
+    own signature is not checked. allow_legacy accepts SHA-1 signatures and RSA keys
+    of 1024 to 2047 bits, as Apple's device chain needs (smaller keys are refused even
+    then); ignore_validity skips the dates, which that chain also needs.
+    """
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    search = _PathSearch(
+        pool=_unique([*certs, *anchors]),
+        anchors={_der(anchor) for anchor in anchors},
+        now=None if ignore_validity else now,
+        allow_legacy=allow_legacy,
+    )
+    problem = search.cert_problem(signer)
+    if problem:
+        raise CMSError(problem)
+    path = search.extend([signer])
+    if path is None:
+        if search.problems:
+            raise CMSError(search.problems[0])
+        raise CMSError("signer does not chain to a trusted anchor")
+    return path
+
+
+def _block_cipher(name: str, key: bytes) -> BlockCipherAlgorithm:
+    if name.startswith("aes"):
+        return algorithms.AES(key)
+    if name == "des":
+        # Single DES is three-key 3DES with one key three times: E(k) D(k) E(k) = E(k).
+        return TripleDES(key * 3)
+    return TripleDES(key)
+
+
+def _recipient_info(cert: x509.Certificate, content_key: bytes) -> cms.RecipientInfo:
+    public_key = cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise CMSError("recipient key is not RSA")
+    asn1 = _asn1_cert(cert)
+    return cms.RecipientInfo(
+        name="ktri",
+        value=cms.KeyTransRecipientInfo(
+            {
+                "version": "v0",
+                "rid": cms.RecipientIdentifier(
+                    name="issuer_and_serial_number",
+                    value=cms.IssuerAndSerialNumber(
+                        {"issuer": asn1.issuer, "serial_number": asn1.serial_number}
+                    ),
+                ),
+                "key_encryption_algorithm": cms.KeyEncryptionAlgorithm(
+                    {"algorithm": _RSA_ENCRYPTION, "parameters": core.Null()}
+                ),
+                "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
+            }
+        ),
+    )
+
+
+def encrypt(
+    content: bytes, recipients: Sequence[x509.Certificate], cipher: str = "aes256"
+) -> bytes:
+    """Encrypt content to each RSA recipient and return the DER ContentInfo(EnvelopedData).
+
+    The content key and IV are fresh for every call; single DES is refused.
+    """
+    if cipher == "des" or cipher not in _CIPHER_SPECS:
+        raise CMSError(f"cipher not allowed for encryption: {cipher}")
+    if not recipients:
+        raise CMSError("no recipients")
+    spec = _CIPHER_SPECS[cipher]
+    content_key = os.urandom(spec.key_size)
+    iv = os.urandom(spec.block_size)
+    padder = PKCS7(spec.block_size * 8).padder()
+    padded = padder.update(content) + padder.finalize()
+    encryptor = Cipher(_block_cipher(cipher, content_key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    enveloped = cms.EnvelopedData(
+        {
+            "version": "v0",
+            "recipient_infos": [
+                _recipient_info(cert, content_key) for cert in recipients
+            ],
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": algos.EncryptionAlgorithm(
+                    {"algorithm": spec.oid, "parameters": core.OctetString(iv)}
+                ),
+                "encrypted_content": ciphertext,
+            },
+        }
+    )
+    return bytes(
+        cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    )
+
+
+def decrypt(der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Decrypted:
+    """Decrypt an EnvelopedData addressed to cert (RSA key transport, CBC content cipher).
+
+    Every failure once the recipient is found raises the same CMSError, so that callers
+    cannot become a padding oracle.
+    """
+    enveloped = _load(der, _ID_ENVELOPED_DATA, "not a CMS EnvelopedData")
+    own = _asn1_cert(cert)
+    with _malformed("malformed EnvelopedData"):
+        recipient = next(
+            (
+                info.chosen
+                for info in enveloped["recipient_infos"]
+                if info.name == "ktri" and _matches(info.chosen["rid"], own)
+            ),
+            None,
+        )
+        if recipient is None:
+            raise CMSError("no RecipientInfo for this certificate")
+        if recipient["key_encryption_algorithm"]["algorithm"].dotted != _RSA_ENCRYPTION:
+            raise CMSError("unsupported key transport algorithm")
+        encrypted_key = recipient["encrypted_key"].native
+        content_info = enveloped["encrypted_content_info"]
+        algorithm = content_info["content_encryption_algorithm"]
+        cipher = _CIPHER_BY_OID.get(algorithm["algorithm"].dotted)
+        if cipher is None:
+            raise CMSError("unsupported content encryption algorithm")
+        parameters = algorithm["parameters"]
+        if isinstance(parameters, core.Void):
+            raise CMSError("content encryption algorithm lacks an IV")
+        iv = core.OctetString.load(parameters.dump(), strict=True).native
+        if isinstance(content_info["encrypted_content"], core.Void):
+            raise CMSError("EnvelopedData has no encrypted content")
+        ciphertext = bytes(content_info["encrypted_content"])
+    return Decrypted(
+        content=_decrypt_content(cipher, key, encrypted_key, iv, ciphertext),
+        cipher=cipher,
+    )
+
+
+def _decrypt_content(
+    cipher: str,
+    key: rsa.RSAPrivateKey,
+    encrypted_key: bytes,
+    iv: bytes,
+    ciphertext: bytes,
+) -> bytes:
+    spec = _CIPHER_SPECS[cipher]
+    try:
+        content_key = key.decrypt(encrypted_key, padding.PKCS1v15())
+    except ValueError:
+        content_key = b""
+    if len(content_key) != spec.key_size:
+        # Carry on with a random key (Bleichenbacher countermeasure): a bad RSA block
+        # then fails where a bad CBC padding fails, with the same error.
+        content_key = os.urandom(spec.key_size)
+    try:
+        decryptor = Cipher(
+            _block_cipher(cipher, content_key), modes.CBC(iv)
+        ).decryptor()
+        padded = decryptor.update(ciphertext) + decryptor.finalize()
+        unpadder = PKCS7(spec.block_size * 8).unpadder()
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise CMSError(_CANNOT_DECRYPT) from None
+
+
+def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
+    """A degenerate SignedData carrying certs and nothing else (SCEP's certificate bag)."""
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [],
+            "encap_content_info": {"content_type": "data"},
+            "certificates": _certificate_set(certs),
+            "signer_infos": [],
+        }
+    )
+    return bytes(
+        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+    )
+
+
+def read_certs_only(der: bytes) -> list[x509.Certificate]:
+    """The certificates carried by a SignedData, such as one made by certs_only."""
+    signed_data = _load(der, _ID_SIGNED_DATA, "not a CMS SignedData")
+    with _malformed("malformed SignedData"):
+        return [cert for _, cert in _carried_certificates(signed_data)]
