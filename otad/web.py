@@ -179,6 +179,8 @@ class OtadRequest(Request):
 
     def process(self) -> None:
         if self._too_large:
+            # The rest of an oversized body may still be in flight: close rather than parse it.
+            self.channel.persistent = False
             self.setHeader(b"connection", b"close")
             self.write(refuse(self, Refusal(413, f"request body larger than {self.max_body} bytes")))
             self.finish()

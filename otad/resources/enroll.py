@@ -28,9 +28,9 @@ class EnrollPage(MethodResource):
 
     def render_GET(self, request: Request) -> object:
         request.otad_user = self._user  # type: ignore[attr-defined]
-        url = base_url(request, self._public_url)
 
         async def answer() -> Reply:
+            url = base_url(request, self._public_url)
             body = await self._enrollment.profile_service(self._user, url)
             return Reply(
                 body,

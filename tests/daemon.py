@@ -1,0 +1,83 @@
+"""Runs the real ``twistd otad`` in a child process on an ephemeral TLS port on 127.0.0.1, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import treq
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.ssl import Certificate
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(rb"otad listening on (https?)://[^:]+:(\d+)/")
+_PASSWORD = re.compile(rb"user 'apple' and password (\S+);")
+
+
+class DaemonExited(Exception):
+    """The daemon exited before it was listening; the message holds its output."""
+
+
+class Daemon(ProcessProtocol):
+    """One ``twistd -n otad`` child. ``start()`` fires with the port once it is listening."""
+
+    def __init__(self, data_dir: Path, extra: Sequence[str] = (), listen: str = "ssl:0:interface=127.0.0.1") -> None:
+        self.data_dir = data_dir
+        self.args = ["--data-dir", str(data_dir), "--hostname", "localhost", "--listen", listen, *extra]
+        self.output = b""
+        self.port = 0
+        self._listening: Deferred[int] = Deferred()
+        self._exited: Deferred[int] = Deferred()
+        self.exit_code: int | None = None
+
+    def start(self) -> Deferred[int]:
+        environment = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "otad", *self.args]
+        global_reactor.spawnProcess(self, sys.executable, command, env=environment, path=str(self.data_dir.parent))
+        return self._listening
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        match = _LISTENING.search(self.output)
+        if match and not self._listening.called:
+            self.port = int(match.group(2))
+            self._listening.callback(self.port)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.exit_code = reason.value.exitCode if reason.check(ProcessDone, ProcessTerminated) else None
+        if not self._listening.called:
+            self._listening.errback(DaemonExited(self.output.decode("utf-8", "replace")))
+        self._exited.callback(self.exit_code or 0)
+
+    @property
+    def first_password(self) -> str | None:
+        match = _PASSWORD.search(self.output)
+        return match.group(1).decode() if match else None
+
+    def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
+        """Signal the daemon (SIGTERM, or SIGKILL for crash tests) and wait until it has exited."""
+        if self.exit_code is None and not self._exited.called:
+            self.transport.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
+        return self._exited
+
+    def exited(self) -> Deferred[int]:
+        return self._exited
+
+    def url(self, path: str) -> str:
+        return f"https://localhost:{self.port}{path}"
+
+    def client(self) -> treq.client.HTTPClient:
+        """An HTTP client that trusts only this daemon's root CA and checks the host name, as a device would."""
+        trust = Certificate.loadPEM((self.data_dir / "certs" / "ca.pem").read_bytes())
+        return treq.client.HTTPClient(Agent(global_reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust)))

@@ -1,0 +1,151 @@
+"""End-to-end tests of phase 1 against the real daemon on a TLS socket on 127.0.0.1, checked with openssl."""
+
+from __future__ import annotations
+
+import plistlib
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
+
+from tests.daemon import Daemon, DaemonExited
+
+
+class DaemonTests(unittest.TestCase):
+    timeout = 120
+
+    def new_daemon(self, data_dir: Path | None = None, extra: tuple[str, ...] = ()) -> Daemon:
+        if data_dir is None:
+            data_dir = Path(self.mktemp()).absolute()
+            data_dir.mkdir(parents=True)
+        daemon = Daemon(data_dir, extra)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    async def openssl(self, *args: str) -> tuple[bytes, bytes, int]:
+        return await getProcessOutputAndValue("openssl", args, env={"PATH": "/usr/bin:/bin"}, reactor=reactor)
+
+    def test_phase1(self) -> None:
+        """/, /CA and /enroll over real TLS: 401 without or with wrong credentials, then a profile openssl verifies."""
+
+        async def run() -> None:
+            daemon = self.new_daemon()
+            await daemon.start()
+            password = daemon.first_password
+            self.assertIsNotNone(password, "the first start must print the password once")
+            client = daemon.client()
+            welcome = await client.get(daemon.url("/"))
+            self.assertEqual(welcome.code, 200)
+            self.assertIn(b'href="/enroll"', await welcome.content())
+
+            ca_response = await client.get(daemon.url("/CA"))
+            self.assertEqual(ca_response.headers.getRawHeaders("content-type"), ["application/x-x509-ca-cert"])
+            root = x509.load_der_x509_certificate(await ca_response.content())
+            ca_file = Path(self.mktemp())
+            ca_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+
+            anonymous = await client.get(daemon.url("/enroll"))
+            self.assertEqual(anonymous.code, 401)
+            self.assertEqual(anonymous.headers.getRawHeaders("www-authenticate"), ['basic realm="otad"'])
+            await anonymous.content()
+            wrong = await client.get(daemon.url("/enroll"), auth=("apple", "not-the-password"))
+            self.assertEqual(wrong.code, 401)
+            await wrong.content()
+
+            enrolled = await client.get(daemon.url("/enroll"), auth=("apple", password))
+            self.assertEqual(enrolled.code, 200)
+            self.assertEqual(enrolled.headers.getRawHeaders("content-type"), ["application/x-apple-aspen-config"])
+            signed = Path(self.mktemp())
+            signed.write_bytes(await enrolled.content())
+            out, err, code = await self.openssl("cms", "-verify", "-inform", "DER", "-in", str(signed), "-CAfile", str(ca_file))
+            self.assertEqual(code, 0, err)
+            self.assertIn(b"Verification successful", err)
+            profile = plistlib.loads(out)
+            self.assertEqual(profile["PayloadType"], "Profile Service")
+            self.assertEqual(profile["PayloadVersion"], 1)
+            self.assertEqual(profile["PayloadContent"]["URL"], f"https://localhost:{daemon.port}/profile")
+            self.assertGreaterEqual(len(profile["PayloadContent"]["Challenge"]), 22)
+            # The digest is SHA-256 and the signer's chain is carried.
+            printed, _, _ = await self.openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(signed))
+            self.assertIn(b"sha256", printed)
+            self.assertIn(b"Root CA", printed)
+            self.assertNotIn(password.encode(), daemon.output.split(b"password", 1)[1].split(b"\n", 1)[1])
+
+        return ensureDeferred(run())
+
+    def test_restart_reuses_certificates(self) -> None:
+        """A second start on the same data directory serves the same CA and does not print a password again."""
+
+        async def run() -> None:
+            first = self.new_daemon()
+            await first.start()
+            ca_before = (first.data_dir / "certs" / "ca.pem").read_bytes()
+            await first.stop()
+            second = self.new_daemon(first.data_dir)
+            await second.start()
+            self.assertIsNone(second.first_password)
+            response = await second.client().get(second.url("/CA"))
+            der = await response.content()
+            self.assertEqual(x509.load_der_x509_certificate(der), x509.load_pem_x509_certificate(ca_before))
+
+        return ensureDeferred(run())
+
+    def test_huge_header_gets_431(self) -> None:
+        """Over real TLS, a 20 KB header line gets a prompt 431 and the connection closes."""
+
+        async def run() -> None:
+            daemon = self.new_daemon()
+            await daemon.start()
+            context = ssl.create_default_context(cafile=str(daemon.data_dir / "certs" / "ca.pem"))
+            request = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+
+            def exchange() -> bytes:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as raw:
+                    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                        tls.sendall(request)
+                        answer = b""
+                        while chunk := tls.recv(4096):
+                            answer += chunk
+                        return answer
+
+            from twisted.internet.threads import deferToThread
+
+            answer = await deferToThread(exchange)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:100])
+
+        return ensureDeferred(run())
+
+    def test_bad_config_stops_start(self) -> None:
+        """An unknown key in the config file stops the start with a one-line error naming it."""
+
+        async def run() -> None:
+            config = Path(self.mktemp()).absolute()
+            config.write_text("[server]\nlisten_on = ssl:1\n")
+            daemon = self.new_daemon(extra=("--config", str(config)))
+            with self.assertRaises(DaemonExited) as raised:
+                await daemon.start()
+            self.assertIn("unknown config key [server] listen_on", str(raised.exception))
+            self.assertNotEqual(daemon.exit_code, 0)
+
+        return ensureDeferred(run())
+
+    def test_unreadable_users_file_path(self) -> None:
+        """A users file in a missing directory stops the start with a clear error, not a traceback loop."""
+
+        async def run() -> None:
+            daemon = self.new_daemon(extra=("--htpasswd", "/nonexistent-dir/htpasswd"))
+            with self.assertRaises(DaemonExited) as raised:
+                await daemon.start()
+            self.assertIn("otad cannot start", str(raised.exception))
+            self.assertIn("/nonexistent-dir", str(raised.exception))
+
+        return ensureDeferred(run())
+
+

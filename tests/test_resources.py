@@ -1,0 +1,157 @@
+"""In-memory tests of each resource through the real site (treq's StubTreq, no sockets)."""
+
+from __future__ import annotations
+
+import base64
+import plistlib
+from pathlib import Path
+
+from asn1crypto import cms as asn1_cms
+from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from otad import config, users
+from otad.resources.ca import RootCertificate
+from otad.resources.enroll import enroll_resource
+from otad.resources.root import Root
+from otad.resources.welcome import WelcomePage
+from otad.enrollment import Enrollment
+from otad.users import HtpasswdChecker
+from otad.web import OtadSite
+from tests.helpers import InlinePool, InlineStoreThread, authority
+
+from cryptography.hazmat.primitives import serialization
+
+
+def _basic(user: bytes, password: bytes) -> dict[bytes, list[bytes]]:
+    return {b"authorization": [b"Basic " + base64.b64encode(user + b":" + password)]}
+
+
+class ResourceTests(unittest.TestCase):
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        self.settings = config.load(None, {"data_dir": str(directory), "hostname": "otad.test"})
+        users.set_password(self.settings.htpasswd, b"alice", b"correct horse")
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.store = InlineStoreThread(self.settings.database)
+        self.addCleanup(lambda: self.store.call(lambda store: store.close()))
+        pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
+        self.authority = authority()
+        enrollment = Enrollment(self.settings, self.authority, self.store, pool, self.clock)
+        checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
+        root = Root(
+            {
+                b"": WelcomePage("<Evil & Co>", "Profile Service"),
+                b"CA": RootCertificate(self.authority.root.cert.public_bytes(serialization.Encoding.DER)),
+                b"enroll": enroll_resource(enrollment, checker, "otad test", ""),
+            }
+        )
+        self.site = OtadSite(root, max_body=1024)
+        self.treq = StubTreq(self.site.resource)
+
+    async def fetch(self, method: str, url: str, **kwargs: object) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        response = await self.treq.request(method, url, **kwargs)
+        body = await response.content()
+        return (response.code, {name.lower(): values for name, values in response.headers.getAllRawHeaders()}, body)
+
+    def test_welcome_page_is_escaped(self) -> None:
+        """/ is HTML naming the organisation, escaped, with links to /CA and /enroll."""
+        code, headers, body = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/")))
+        self.assertEqual(code, 200)
+        self.assertTrue(headers[b"content-type"][0].startswith(b"text/html"))
+        self.assertIn(b"&lt;Evil &amp; Co&gt;", body)
+        self.assertNotIn(b"<Evil", body)
+        self.assertIn(b'href="/CA"', body)
+        self.assertIn(b'href="/enroll"', body)
+
+    def test_root_certificate(self) -> None:
+        """/CA is the root certificate in DER with the type Safari installs."""
+        code, headers, body = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/CA")))
+        self.assertEqual(code, 200)
+        self.assertEqual(headers[b"content-type"], [b"application/x-x509-ca-cert"])
+        self.assertEqual(body, self.authority.root.cert.public_bytes(serialization.Encoding.DER))
+
+    def test_unknown_path_and_wrong_method(self) -> None:
+        """Unknown paths get 404 and wrong methods 405 with an Allow header, each with a one-line reason."""
+        code, _, body = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/nope")))
+        self.assertEqual((code, body), (404, b"no such resource: /nope\n"))
+        code, headers, body = self.successResultOf(ensureDeferred(self.fetch("DELETE", "https://otad.test/CA")))
+        self.assertEqual(code, 405)
+        self.assertIn(b"GET", headers[b"allow"][0])
+        self.assertEqual(body.count(b"\n"), 1)
+
+    def test_enroll_without_credentials(self) -> None:
+        """/enroll without credentials answers 401 with a Basic challenge naming the realm."""
+        code, headers, _ = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/enroll")))
+        self.assertEqual(code, 401)
+        self.assertEqual(headers[b"www-authenticate"], [b'basic realm="otad test"'])
+
+    def test_enroll_bad_credentials(self) -> None:
+        """Wrong passwords, unknown users, non-UTF-8 names and malformed headers all get 401, never 500."""
+        for headers in (
+            _basic(b"alice", b"wrong"),
+            _basic(b"mallory", b"correct horse"),
+            _basic(b"\xff\xfe", b"x"),
+            {b"authorization": [b"Basic !!!not-base64"]},
+            {b"authorization": [b"Basic " + base64.b64encode(b"no-colon")]},
+            {b"authorization": [b"Bearer abc"]},
+            {b"authorization": [b"Basic"]},
+        ):
+            code, _, _ = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=headers)))
+            self.assertEqual(code, 401, headers)
+
+    def test_enroll_with_credentials(self) -> None:
+        """Valid credentials get a signed Profile Service payload whose challenge was stored hashed, bound to the user."""
+        code, headers, body = self.successResultOf(
+            ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"alice", b"correct horse")))
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(headers[b"content-type"], [b"application/x-apple-aspen-config"])
+        signed = asn1_cms.ContentInfo.load(body)["content"]
+        profile = plistlib.loads(signed["encap_content_info"]["content"].native)
+        self.assertEqual(profile["PayloadType"], "Profile Service")
+        self.assertEqual(profile["PayloadContent"]["URL"], "https://otad.test/profile")
+        challenge = profile["PayloadContent"]["Challenge"]
+        from otad import tokens
+
+        found = self.successResultOf(
+            self.store.call(lambda store: store.consume_challenge(tokens.digest(challenge), ("enroll",), now=self.clock.seconds()))
+        )
+        self.assertEqual(found.bound_to, "alice")
+        self.assertEqual(found.expires - found.created, 900)
+
+    def test_users_file_changes_are_picked_up(self) -> None:
+        """A user added to the file after start can enroll at once; a removed one can't."""
+        users.set_password(self.settings.htpasswd, b"bob", b"pw-bob")
+        users.remove_user(self.settings.htpasswd, b"alice")
+        code, _, _ = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"bob", b"pw-bob"))))
+        self.assertEqual(code, 200)
+        code, _, _ = self.successResultOf(
+            ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"alice", b"correct horse")))
+        )
+        self.assertEqual(code, 401)
+
+    def test_missing_users_file(self) -> None:
+        """With the users file gone, logins are refused with 401 (and an error logged), not a 500."""
+        self.settings.htpasswd.unlink()
+        code, _, _ = self.successResultOf(
+            ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"alice", b"correct horse")))
+        )
+        self.assertEqual(code, 401)
+        self.flushLoggedErrors()
+
+    def test_malformed_host(self) -> None:
+        """A Host header that could inject into payload URLs is refused with 400."""
+        code, _, body = self.successResultOf(
+            ensureDeferred(
+                self.fetch(
+                    "GET", "https://otad.test/enroll", headers={**_basic(b"alice", b"correct horse"), b"host": [b"evil.example/<x>"]}
+                )
+            )
+        )
+        self.assertEqual(code, 400)
+        self.assertIn(b"Host", body)
