@@ -112,6 +112,10 @@ class CMSError(ValueError):
     """Every failure in this module; str() is a short reason that is safe to show a client."""
 
 
+class SignatureInvalid(CMSError):
+    """A well-formed SignedData whose signature or digest does not match: tampered or wrongly signed."""
+
+
 @dataclass(frozen=True)
 class Verified:
     """The content of a SignedData whose signature verified, and who signed it."""
@@ -475,12 +479,12 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
         if core.ObjectIdentifier.load(content_type, strict=True).dotted != (
             encapsulated["content_type"].dotted
         ):
-            raise CMSError("contentType attribute does not match the content")
+            raise SignatureInvalid("contentType attribute does not match the content")
         message_digest = _single(attributes, _MESSAGE_DIGEST, "messageDigest")
         if core.OctetString.load(message_digest, strict=True).native != _digest_of(
             content, digest
         ):
-            raise CMSError("message digest does not match the content")
+            raise SignatureInvalid("message digest does not match the content")
 
     public_key = signer.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
@@ -490,7 +494,7 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
             signer_info["signature"].native, signed, padding.PKCS1v15(), _hash(digest)
         )
     except (InvalidSignature, ValueError):
-        raise CMSError("signature does not verify") from None
+        raise SignatureInvalid("signature does not verify") from None
     return Verified(
         content=content,
         signer=signer,
