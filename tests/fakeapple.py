@@ -44,7 +44,7 @@ def _new_key(key_size: int) -> rsa.RSAPrivateKey:
 def _sign(
     builder: x509.CertificateBuilder,
     issuer_key: rsa.RSAPrivateKey,
-    algorithm: hashes.HashAlgorithm,
+    algorithm: hashes.SHA1 | hashes.SHA256,
 ) -> x509.Certificate:
     """
     Sign a certificate, SHA-1 included.
@@ -93,7 +93,7 @@ def _ca_cert(
     issuer_key: rsa.RSAPrivateKey,
     not_before: datetime.datetime,
     not_after: datetime.datetime,
-    algorithm: hashes.HashAlgorithm,
+    algorithm: hashes.SHA1 | hashes.SHA256,
 ) -> x509.Certificate:
     """A CA certificate with the extensions path builders (OpenSSL) rely on."""
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
