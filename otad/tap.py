@@ -132,7 +132,6 @@ class OtadService(MultiService):
             self.ports.append(port)
             scheme = "https" if description.split(":", 1)[0].lower() in ("ssl", "tls") else "http"
             urls.append(f"{scheme}://{settings.hostname}:{port.getHost().port}")
-            log.info("otad listening on {url}/", url=urls[-1], port=port.getHost().port)
         if first_password is not None:
             # Shown once, on the first start only, so that a newcomer can log in at all.
             log.warn(
@@ -142,6 +141,8 @@ class OtadService(MultiService):
                 first_password=first_password,
                 url=f"{settings.public_url or urls[0]}/enroll",
             )
+        for url in urls:
+            log.info("otad listening on {url}/", url=url)
 
     def build_site(self, authority: Authority) -> OtadSite:
         settings = self.settings
