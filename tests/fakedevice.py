@@ -424,7 +424,7 @@ def to_ber_indefinite(der: bytes, chunk_size: int = 1000) -> bytes:
     )
     parts = [signed_data["version"].dump(), signed_data["digest_algorithms"].dump()]
     parts.append(encap_ber)
-    if signed_data["certificates"].native is not None:
+    if not isinstance(signed_data["certificates"], asn1_core.Void):
         parts.append(signed_data["certificates"].dump())
     parts.append(signed_data["signer_infos"].dump())
     signed_ber = b"\x30\x80" + b"".join(parts) + _EOC
@@ -517,7 +517,7 @@ def verify_signed(
         raw_content = encap["content"].native
         content = b"" if raw_content is None else bytes(raw_content)
         certificates: list[x509.Certificate] = []
-        if signed_data["certificates"].native is not None:
+        if not isinstance(signed_data["certificates"], asn1_core.Void):
             for choice in signed_data["certificates"]:
                 if choice.name == "certificate":
                     certificates.append(
@@ -534,7 +534,7 @@ def verify_signed(
         if digest not in _HASHES:
             raise CMSError(f"unsupported digest {digest}")
         attributes: dict[str, list[bytes]] | None = None
-        if signer_info["signed_attrs"].native is None:
+        if isinstance(signer_info["signed_attrs"], asn1_core.Void):
             signed_bytes = content
         else:
             signed_bytes = _tlv(0x31, signer_info["signed_attrs"].contents)
@@ -1105,7 +1105,8 @@ class SCEPCaps:
     @classmethod
     def parse(cls, body: bytes) -> SCEPCaps:
         """One capability per line, case-insensitive; SCEPStandard implies all."""
-        raw = tuple(line.strip() for line in body.decode("ascii").splitlines())
+        text = body.decode("ascii", "replace")
+        raw = tuple(line.strip() for line in text.splitlines())
         caps = {c.lower() for c in raw if c}
         standard = "scepstandard" in caps
         return cls(
@@ -1188,7 +1189,7 @@ def _default_attributes(udid: str) -> dict[str, str]:
     }
 
 
-@dataclass
+@dataclass(eq=False)
 class FakeDevice:
     """
     One fake iPhone: its Apple identity, HTTP client and enrollment state.
@@ -1470,11 +1471,12 @@ class FakeDevice:
         if key is None:
             key = await self._new_key(int(content.get("Keysize", 2048)))
         subject = content.get("Subject", [])
-        common_names = [
-            pair[1] for rdn in subject for pair in rdn if pair and pair[0] == "CN"
-        ]
+        # iOS names its transient signer after the requested subject
+        common_names = subject_from_payload(subject).get_attributes_for_oid(
+            NameOID.COMMON_NAME
+        )
         signer_cert, _ = self_signed_identity(
-            common_names[0] if common_names else "SCEP SIGNER", key=key
+            str(common_names[0].value) if common_names else "SCEP SIGNER", key=key
         )
         request = build_pkcs_req(
             key,

@@ -5,6 +5,7 @@ and over real TLS against a tiny stub server (otad is not involved).
 
 from __future__ import annotations
 
+import ast
 import base64
 import datetime
 import functools
@@ -515,6 +516,23 @@ class FakeDeviceTests(unittest.TestCase):
         self.addCleanup(lambda: defer.ensureDeferred(device.close()))
         return device
 
+    # -- independence
+
+    def test_fakes_do_not_import_otad(self) -> None:
+        """fakedevice.py and fakeapple.py import nothing from otad, so otad's
+        CMS/SCEP bugs cannot be mirrored by the client."""
+        for name in ("fakedevice.py", "fakeapple.py"):
+            tree = ast.parse((Path(__file__).parent / name).read_text())
+            modules = [
+                alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names
+            ] + [
+                node.module or "" for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)
+            ]  # fmt: skip
+            self.assertTrue(modules)
+            self.assertFalse([m for m in modules if m.split(".")[0] == "otad"], name)
+
     # -- the fake Apple hierarchy
 
     def test_apple_hierarchy_is_shaped_like_apples(self) -> None:
@@ -759,9 +777,10 @@ class FakeDeviceTests(unittest.TestCase):
         )
         usage = csr.extensions.get_extension_for_class(x509.KeyUsage).value
         self.assertTrue(usage.digital_signature and usage.key_encipherment)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
         self.assertEqual(
-            csr.public_key().public_numbers(),
-            request.signer_cert.public_key().public_numbers(),
+            csr.public_key().public_bytes(DER, spki),
+            request.signer_cert.public_key().public_bytes(DER, spki),
         )
 
     def test_pkcs_req_openssl_verifies_and_decrypts(self) -> None:
