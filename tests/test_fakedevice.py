@@ -14,7 +14,6 @@ import ipaddress
 import os
 import plistlib
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -504,7 +503,8 @@ class FakeDeviceTests(unittest.TestCase):
     """The fake device, checked by OpenSSL and by messages made here."""
 
     def setUp(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="fakedevice-"))
+        self.tmp = Path(self.mktemp())
+        self.tmp.mkdir(parents=True)
         self.root_pem = self.tmp / "apple-root.pem"
         self.root_pem.write_bytes(apple().anchors_pem())
 
