@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import re
 import socket
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -98,6 +99,20 @@ def _realm(text: str) -> str:
     return value
 
 
+SUBJECT_VARIABLES = ("UDID", "SERIAL", "PRODUCT", "ORGANIZATION", "USERNAME")
+
+
+def _subject_template(text: str) -> str:
+    value = _nonempty(text)
+    template = string.Template(value)
+    if not template.is_valid():
+        raise ValueError("has a '$' that starts no variable (write $$ for a dollar sign)")
+    unknown = set(template.get_identifiers()) - set(SUBJECT_VARIABLES)
+    if unknown:
+        raise ValueError(f"unknown variable ${sorted(unknown)[0]}; known: {', '.join(SUBJECT_VARIABLES)}")
+    return value
+
+
 def _nonempty(text: str) -> str:
     value = text.strip()
     if not value:
@@ -135,6 +150,13 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "description": (_nonempty, "Install this profile to enroll this device with Example Inc."),
         "device_attributes": (_words, "UDID VERSION PRODUCT SERIAL IMEI MEID"),
         "challenge_ttl": (parse_duration, "15m"),
+        "scep_subject": (_subject_template, "O=$ORGANIZATION/CN=$UDID"),
+        "keysize": (_int_in(1024, 2048, 4096), "2048"),
+        "scep_challenge_ttl": (parse_duration, "1h"),
+    },
+    "device": {
+        "policy": (_choice("strict", "log", "off"), "strict"),
+        "anchors": (lambda text: text.strip(), ""),
     },
     "ca": {
         "key_size": (_int_in(3072, 4096), "3072"),
@@ -162,6 +184,11 @@ class Config:
     description: str = ""
     device_attributes: tuple[str, ...] = ()
     challenge_ttl: int = 900
+    scep_subject: str = "O=$ORGANIZATION/CN=$UDID"
+    keysize: int = 2048
+    scep_challenge_ttl: int = 3600
+    device_policy: str = "strict"
+    device_anchors: Path | None = None
     ca_key_size: int = 3072
     ca_common_name: str = ""
 
@@ -215,15 +242,17 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
                 values[section][key] = convert(text)
             except ValueError as error:
                 raise ConfigError(f"bad value for [{section}] {key}: {error}") from None
-    server, enrollment, ca = values["server"], values["enrollment"], values["ca"]
+    server, enrollment, ca, device = values["server"], values["enrollment"], values["ca"], values["device"]
     for key, value in (overrides or {}).items():
         if value is None or value == () or value == []:
             continue
-        target = {"listen": server, "data_dir": server, "hostname": server, "htpasswd": server}.get(key)
-        if target is None:
+        if key == "device_ca":
+            values["device"]["anchors"] = str(value)
+            continue
+        if key not in ("listen", "data_dir", "hostname", "htpasswd"):
             raise ConfigError(f"unknown override {key}")
         try:
-            target[key] = _SCHEMA["server"][key][0](value) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+            server[key] = _SCHEMA["server"][key][0](value) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
         except ValueError as error:
             raise ConfigError(f"bad value for --{key.replace('_', '-')}: {error}") from None
     if not server["listen"]:
@@ -250,6 +279,11 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         description=str(enrollment["description"]),
         device_attributes=tuple(enrollment["device_attributes"]),  # type: ignore[arg-type]
         challenge_ttl=int(enrollment["challenge_ttl"]),  # type: ignore[call-overload]
+        scep_subject=str(enrollment["scep_subject"]),
+        keysize=int(enrollment["keysize"]),  # type: ignore[call-overload]
+        scep_challenge_ttl=int(enrollment["scep_challenge_ttl"]),  # type: ignore[call-overload]
+        device_policy=str(device["policy"]),
+        device_anchors=Path(str(device["anchors"])).expanduser().absolute() if device["anchors"] else None,
         ca_key_size=int(ca["key_size"]),  # type: ignore[call-overload]
         ca_common_name=str(ca["common_name"]) or f"{organization} otad Root CA",
     )

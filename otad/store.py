@@ -7,11 +7,12 @@ The store is synchronous and takes ``now`` from its caller, so it needs no clock
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Mapping, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
@@ -39,6 +40,15 @@ class Challenge:
     created: float
     expires: float
     uses_left: int
+
+
+@dataclass(frozen=True)
+class Device:
+    udid: str
+    user: str | None
+    attributes: dict[str, object]
+    first_seen: float
+    last_seen: float
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,30 @@ class Store:
         """Forget challenges that expired more than ``keep`` seconds ago; returns how many."""
         with self.transaction() as db:
             return db.execute("DELETE FROM challenges WHERE expires < ?", (now - keep,)).rowcount
+
+    # -- devices -----------------------------------------------------------------------------
+
+    def record_device(self, udid: str, user: str | None, attributes: Mapping[str, object], *, now: float) -> None:
+        """Create the device or refresh its attributes, user and last-seen time."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO devices (udid, user, attributes, first_seen, last_seen) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (udid) DO UPDATE SET user = excluded.user, attributes = excluded.attributes, "
+                "last_seen = excluded.last_seen",
+                (udid, user, json.dumps(attributes, sort_keys=True, default=str), now, now),
+            )
+
+    def device(self, udid: str) -> Device | None:
+        row = self._db.execute(
+            "SELECT udid, user, attributes, first_seen, last_seen FROM devices WHERE udid = ?", (udid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Device(row[0], row[1], json.loads(row[2]), row[3], row[4])
+
+    def devices(self) -> list[Device]:
+        rows = self._db.execute("SELECT udid, user, attributes, first_seen, last_seen FROM devices ORDER BY last_seen DESC")
+        return [Device(row[0], row[1], json.loads(row[2]), row[3], row[4]) for row in rows]
 
     # -- events ------------------------------------------------------------------------------
 

@@ -16,10 +16,12 @@ from twisted.python import usage
 
 from otad import config as configuration
 from otad.ca import Authority, bootstrap
+from otad.device_trust import DeviceTrust, load_anchors
 from otad.enrollment import Enrollment
 from otad.pool import WorkerPool
 from otad.resources.ca import RootCertificate
 from otad.resources.enroll import enroll_resource
+from otad.resources.profile import ProfileRequest
 from otad.resources.root import Root
 from otad.resources.welcome import WelcomePage
 from otad.store import Store, StoreThread
@@ -32,12 +34,15 @@ log = Logger()
 class Options(usage.Options):
     """The stable command line: ``twistd -n otad [--config FILE] [--listen STRPORT]... [--data-dir DIR] ...``."""
 
-    synopsis = "[--config FILE] [--listen STRPORT]... [--data-dir DIR] [--hostname NAME] [--htpasswd FILE]"
+    synopsis = (
+        "[--config FILE] [--listen STRPORT]... [--data-dir DIR] [--hostname NAME] [--htpasswd FILE] [--device-ca FILE]"
+    )
     optParameters = [
         ["config", "c", None, "ini configuration file; etc/otad.conf documents every key"],
         ["data-dir", "d", None, "directory holding certs/ and the SQLite store (default: the current directory)"],
         ["hostname", None, None, "name for the TLS certificate and payload URLs (default: this host's name)"],
         ["htpasswd", None, None, "users file, Apache htpasswd format with bcrypt entries (default: DATA_DIR/htpasswd)"],
+        ["device-ca", None, None, "PEM file of anchors for device identities, replacing Apple's (tests, private labs)"],
     ]
 
     def __init__(self) -> None:
@@ -56,6 +61,7 @@ class Options(usage.Options):
             "data_dir": self["data-dir"],
             "hostname": self["hostname"],
             "htpasswd": self["htpasswd"],
+            "device_ca": self["device-ca"],
         }
         try:
             self["settings"] = configuration.load(self["config"], overrides)
@@ -122,9 +128,10 @@ class OtadService(MultiService):
         )
         for line in lines:
             log.info("certificates: {line}", line=line)
+        anchors = await self.crypto.run(load_anchors, settings.device_anchors)
         await self.store.open()
         first_password = await self.crypto.run(create_first_user, settings.htpasswd)
-        site = self.build_site(authority)
+        site = self.build_site(authority, DeviceTrust(settings.device_policy, anchors))
         urls = []
         for description in settings.listen:
             endpoint = endpoints.serverFromString(self._reactor, complete_endpoint(description, authority))
@@ -144,15 +151,16 @@ class OtadService(MultiService):
         for url in urls:
             log.info("otad listening on {url}/", url=url)
 
-    def build_site(self, authority: Authority) -> OtadSite:
+    def build_site(self, authority: Authority, device_trust: DeviceTrust) -> OtadSite:
         settings = self.settings
-        enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor)
+        enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor, device_trust)
         checker = HtpasswdChecker(settings.htpasswd, self.crypto.run)
         root = Root(
             {
                 b"": WelcomePage(settings.organization, settings.display_name),
                 b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
                 b"enroll": enroll_resource(enrollment, checker, settings.realm, settings.public_url),
+                b"profile": ProfileRequest(enrollment, settings.public_url),
             }
         )
         return OtadSite(root, max_body=settings.max_body, reactor=self._reactor)

@@ -17,6 +17,7 @@ from otad.resources.ca import RootCertificate
 from otad.resources.enroll import enroll_resource
 from otad.resources.root import Root
 from otad.resources.welcome import WelcomePage
+from otad.device_trust import DeviceTrust
 from otad.enrollment import Enrollment
 from otad.users import HtpasswdChecker
 from otad.web import OtadSite
@@ -41,7 +42,7 @@ class ResourceTests(unittest.TestCase):
         self.addCleanup(lambda: self.store.call(lambda store: store.close()))
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
-        enrollment = Enrollment(self.settings, self.authority, self.store, pool, self.clock)
+        enrollment = Enrollment(self.settings, self.authority, self.store, pool, self.clock, DeviceTrust("strict", ()))
         checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
         root = Root(
             {

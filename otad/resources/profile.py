@@ -1,0 +1,28 @@
+"""``POST /profile``: the device's signed attributes (phase 2) or its identity-signed request (phase 3)."""
+
+from __future__ import annotations
+
+from twisted.web.server import Request
+
+from otad.enrollment import Enrollment
+from otad.resources.enroll import ASPEN_CONFIG
+from otad.web import MethodResource, Refusal, Reply, base_url, render_async
+
+
+class ProfileRequest(MethodResource):
+    def __init__(self, enrollment: Enrollment, public_url: str) -> None:
+        super().__init__()
+        self._enrollment = enrollment
+        self._public_url = public_url
+
+    def render_POST(self, request: Request) -> object:
+        body = request.content.read()
+
+        async def answer() -> Reply:
+            if not body:
+                raise Refusal(400, "empty request body: expected a CMS signed device-attributes plist")
+            url = base_url(request, self._public_url)
+            signed_profile = await self._enrollment.profile(body, url)
+            return Reply(signed_profile, ASPEN_CONFIG, outcome="profile sent")
+
+        return render_async(request, answer)
