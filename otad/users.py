@@ -80,11 +80,11 @@ def _read(path: Path) -> dict[bytes, bytes]:
         return {}
 
 
-def set_password(path: Path, name: bytes, password: bytes) -> None:
+def set_password(path: Path, name: bytes, password: bytes, rounds: int = 12) -> None:
     """Add a user or change a password, replacing the file atomically (mode 0600)."""
     _check_name(name)
     users = _read(path)
-    users[name] = hash_password(password)
+    users[name] = hash_password(password, rounds)
     write_atomically(path, _render(users), 0o600)
 
 

@@ -48,3 +48,58 @@ def authority() -> Authority:
         now=datetime.datetime.now(datetime.timezone.utc),
         report=lambda line: None,
     )
+
+
+class MemorySite:
+    """The real resource tree over a temporary data directory, driven in memory by StubTreq with a fake clock."""
+
+    def __init__(self, directory: Path, *, policy: str = "strict", anchors: tuple[Any, ...] = (), organization: str = "Test Org") -> None:
+        from cryptography.hazmat.primitives import serialization
+        from treq.testing import StubTreq
+        from twisted.internet.task import Clock
+
+        from otad import config, users
+        from otad.device_trust import DeviceTrust
+        from otad.enrollment import Enrollment
+        from otad.resources.ca import RootCertificate
+        from otad.resources.enroll import enroll_resource
+        from otad.resources.profile import ProfileRequest
+        from otad.resources.root import Root
+        from otad.resources.welcome import WelcomePage
+        from otad.users import HtpasswdChecker
+        from otad.web import OtadSite
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.settings = config.load(None, {"data_dir": str(directory), "hostname": "otad.test"})
+        users.set_password(self.settings.htpasswd, b"alice", b"correct horse", rounds=4)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.store = InlineStoreThread(self.settings.database)
+        pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
+        self.authority = authority()
+        enrollment = Enrollment(self.settings, self.authority, self.store, pool, self.clock, DeviceTrust(policy, anchors))
+        checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
+        root = Root(
+            {
+                b"": WelcomePage(organization, "Profile Service"),
+                b"CA": RootCertificate(self.authority.root.cert.public_bytes(serialization.Encoding.DER)),
+                b"enroll": enroll_resource(enrollment, checker, "otad test", ""),
+                b"profile": ProfileRequest(enrollment, ""),
+            }
+        )
+        self.site = OtadSite(root, max_body=self.settings.max_body)
+        self.treq = StubTreq(self.site.resource)
+
+    def close(self) -> None:
+        self.store.call(lambda store: store.close())
+
+    async def fetch(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        """One request; header names come back lower-cased."""
+        response = await self.treq.request(method, "https://otad.test" + url, **kwargs)
+        body = await response.content()
+        return response.code, {name.lower(): values for name, values in response.headers.getAllRawHeaders()}, body
+
+    def events(self) -> list[Any]:
+        result: list[Any] = []
+        self.store.call(lambda store: store.events()).addCallback(result.extend)
+        return result

@@ -14,6 +14,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tests.daemon import Daemon, DaemonExited
+from tests.fakeapple import FakeAppleHierarchy
+from tests.fakedevice import FakeDevice, UnexpectedResponse
 
 
 class DaemonTests(unittest.TestCase):
@@ -75,6 +77,33 @@ class DaemonTests(unittest.TestCase):
             self.assertIn(b"sha256", printed)
             self.assertIn(b"Root CA", printed)
             self.assertNotIn(password.encode(), daemon.output.split(b"password", 1)[1].split(b"\n", 1)[1])
+
+        return ensureDeferred(run())
+
+    def test_phase2_with_fake_device(self) -> None:
+        """Over real TLS the fake iPhone enrolls, gets a SCEP payload in phase 2, and its replay and a 10 MB body are refused."""
+
+        async def run() -> None:
+            apple = FakeAppleHierarchy.create()
+            anchors = Path(self.mktemp()).absolute()
+            anchors.write_bytes(apple.anchors_pem())
+            daemon = self.new_daemon(extra=("--device-ca", str(anchors)))
+            await daemon.start()
+            ca_pem = (daemon.data_dir / "certs" / "ca.pem").read_bytes()
+            device = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, "00008030-001A2B3C4D5E6F70")
+            self.addCleanup(lambda: ensureDeferred(device.close()))
+            service = await device.enroll("apple", daemon.first_password)
+            challenge = service["PayloadContent"]["Challenge"]
+            profile = await device.phase2(challenge)
+            scep = profile["PayloadContent"][0]["PayloadContent"]
+            self.assertEqual(scep["URL"], daemon.url("/scep"))
+            self.assertEqual(scep["Keysize"], 2048)
+            with self.assertRaises(UnexpectedResponse) as replay:
+                await device.phase2(challenge)
+            self.assertEqual(replay.exception.response.code, 403)
+            huge = await device.request(b"POST", "/profile", body=b"A" * (10 * 1024 * 1024))
+            self.assertEqual(huge.code, 413)
+            self.assertIn(b"request body larger than", huge.body)
 
         return ensureDeferred(run())
 

@@ -7,23 +7,12 @@ import plistlib
 from pathlib import Path
 
 from asn1crypto import cms as asn1_cms
-from treq.testing import StubTreq
+from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from otad import config, users
-from otad.resources.ca import RootCertificate
-from otad.resources.enroll import enroll_resource
-from otad.resources.root import Root
-from otad.resources.welcome import WelcomePage
-from otad.device_trust import DeviceTrust
-from otad.enrollment import Enrollment
-from otad.users import HtpasswdChecker
-from otad.web import OtadSite
-from tests.helpers import InlinePool, InlineStoreThread, authority
-
-from cryptography.hazmat.primitives import serialization
+from otad import tokens, users
+from tests.helpers import MemorySite
 
 
 def _basic(user: bytes, password: bytes) -> dict[bytes, list[bytes]]:
@@ -32,32 +21,15 @@ def _basic(user: bytes, password: bytes) -> dict[bytes, list[bytes]]:
 
 class ResourceTests(unittest.TestCase):
     def setUp(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        self.settings = config.load(None, {"data_dir": str(directory), "hostname": "otad.test"})
-        users.set_password(self.settings.htpasswd, b"alice", b"correct horse")
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.store = InlineStoreThread(self.settings.database)
-        self.addCleanup(lambda: self.store.call(lambda store: store.close()))
-        pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
-        self.authority = authority()
-        enrollment = Enrollment(self.settings, self.authority, self.store, pool, self.clock, DeviceTrust("strict", ()))
-        checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
-        root = Root(
-            {
-                b"": WelcomePage("<Evil & Co>", "Profile Service"),
-                b"CA": RootCertificate(self.authority.root.cert.public_bytes(serialization.Encoding.DER)),
-                b"enroll": enroll_resource(enrollment, checker, "otad test", ""),
-            }
+        self.memory = MemorySite(Path(self.mktemp()), organization="<Evil & Co>")
+        self.addCleanup(self.memory.close)
+        self.settings, self.store, self.clock, self.authority = (
+            self.memory.settings,
+            self.memory.store,
+            self.memory.clock,
+            self.memory.authority,
         )
-        self.site = OtadSite(root, max_body=1024)
-        self.treq = StubTreq(self.site.resource)
-
-    async def fetch(self, method: str, url: str, **kwargs: object) -> tuple[int, dict[bytes, list[bytes]], bytes]:
-        response = await self.treq.request(method, url, **kwargs)
-        body = await response.content()
-        return (response.code, {name.lower(): values for name, values in response.headers.getAllRawHeaders()}, body)
+        self.fetch = lambda method, url, **kwargs: self.memory.fetch(method, url.replace("https://otad.test", ""), **kwargs)
 
     def test_welcome_page_is_escaped(self) -> None:
         """/ is HTML naming the organisation, escaped, with links to /CA and /enroll."""
@@ -117,8 +89,6 @@ class ResourceTests(unittest.TestCase):
         self.assertEqual(profile["PayloadType"], "Profile Service")
         self.assertEqual(profile["PayloadContent"]["URL"], "https://otad.test/profile")
         challenge = profile["PayloadContent"]["Challenge"]
-        from otad import tokens
-
         found = self.successResultOf(
             self.store.call(lambda store: store.consume_challenge(tokens.digest(challenge), ("enroll",), now=self.clock.seconds()))
         )
@@ -127,7 +97,7 @@ class ResourceTests(unittest.TestCase):
 
     def test_users_file_changes_are_picked_up(self) -> None:
         """A user added to the file after start can enroll at once; a removed one can't."""
-        users.set_password(self.settings.htpasswd, b"bob", b"pw-bob")
+        users.set_password(self.settings.htpasswd, b"bob", b"pw-bob", rounds=4)
         users.remove_user(self.settings.htpasswd, b"alice")
         code, _, _ = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"bob", b"pw-bob"))))
         self.assertEqual(code, 200)

@@ -1,0 +1,207 @@
+"""Phase 2 at ``POST /profile``, in memory: verified device attributes in, a signed SCEP enrollment profile out."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import plistlib
+from pathlib import Path
+from typing import Any
+
+from asn1crypto import cms as asn1_cms
+from twisted.internet.defer import ensureDeferred
+from twisted.trial import unittest
+
+from otad import tokens
+from otad.device_trust import load_anchors
+from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
+from tests.fakedevice import FakeDevice
+from tests.helpers import MemorySite
+
+DATA = Path(__file__).parent / "data"
+UDID = "0000FAKE-0011223344556677"
+
+
+@functools.lru_cache(maxsize=None)
+def apple() -> FakeAppleHierarchy:
+    return FakeAppleHierarchy.create()
+
+
+def _basic() -> dict[bytes, list[bytes]]:
+    return {b"authorization": [b"Basic " + base64.b64encode(b"alice:correct horse")]}
+
+
+def _content(signed: bytes) -> Any:
+    return plistlib.loads(asn1_cms.ContentInfo.load(signed)["content"]["encap_content_info"]["content"].native)
+
+
+class ProfilePhase2Tests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.memory = self.site("strict")
+        self.device = FakeDevice(None, "https://otad.test", None, apple(), UDID)
+
+    def site(self, policy: str) -> MemorySite:
+        memory = MemorySite(Path(self.mktemp()), policy=policy, anchors=(apple().root,))
+        self.addCleanup(memory.close)
+        return memory
+
+    def post(self, body: bytes, memory: MemorySite | None = None) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        memory = memory or self.memory
+        return self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=body)))
+
+    def challenge(self, memory: MemorySite | None = None) -> str:
+        memory = memory or self.memory
+        code, _, body = self.successResultOf(ensureDeferred(memory.fetch("GET", "/enroll", headers=_basic())))
+        self.assertEqual(code, 200)
+        return str(_content(body)["PayloadContent"]["Challenge"])
+
+    def test_phase2_answers_scep_payload(self) -> None:
+        """A device-signed request with a fresh challenge gets a signed Configuration holding a SCEP payload."""
+        code, headers, body = self.post(self.device.phase2_body(self.challenge()))
+        self.assertEqual(code, 200, body)
+        self.assertEqual(headers[b"content-type"], [b"application/x-apple-aspen-config"])
+        profile = _content(body)
+        self.assertEqual(profile["PayloadType"], "Configuration")
+        scep = profile["PayloadContent"][0]
+        self.assertEqual(scep["PayloadType"], "com.apple.security.scep")
+        self.assertNotEqual(scep["PayloadUUID"], profile["PayloadUUID"])
+        content = scep["PayloadContent"]
+        self.assertEqual(content["URL"], "https://otad.test/scep")
+        self.assertEqual((content["Keysize"], content["Key Type"], content["Key Usage"]), (2048, "RSA", 5))
+        self.assertEqual(content["Subject"], [[["O", self.memory.settings.organization]], [["CN", UDID]]])
+        challenge = self.successResultOf(
+            self.memory.store.call(
+                lambda store: store.consume_challenge(tokens.digest(content["Challenge"]), ("scep",), now=self.memory.clock.seconds())
+            )
+        )
+        self.assertEqual(challenge.bound_to, UDID)
+        device = self.successResultOf(self.memory.store.call(lambda store: store.device(UDID)))
+        self.assertEqual(device.user, "alice")
+        self.assertNotIn("CHALLENGE", device.attributes)
+
+    def test_stable_identifiers(self) -> None:
+        """Two enrollments get the same PayloadIdentifiers and different PayloadUUIDs."""
+        first = _content(self.post(self.device.phase2_body(self.challenge()))[2])
+        second = _content(self.post(self.device.phase2_body(self.challenge()))[2])
+        self.assertEqual(first["PayloadIdentifier"], second["PayloadIdentifier"])
+        self.assertEqual(first["PayloadContent"][0]["PayloadIdentifier"], second["PayloadContent"][0]["PayloadIdentifier"])
+        self.assertNotEqual(first["PayloadUUID"], second["PayloadUUID"])
+
+    def test_challenge_as_data(self) -> None:
+        """A CHALLENGE echoed as <data> is accepted like the string."""
+        code, _, _ = self.post(self.device.phase2_body(self.challenge().encode()))
+        self.assertEqual(code, 200)
+
+    def test_replayed_challenge(self) -> None:
+        """A second POST with the same challenge is refused with 403 and the reason."""
+        body = self.device.phase2_body(self.challenge())
+        self.assertEqual(self.post(body)[0], 200)
+        code, _, reason = self.post(body)
+        self.assertEqual(code, 403)
+        self.assertEqual(reason, b"phase-1 challenge refused: challenge already used\n")
+
+    def test_expired_challenge(self) -> None:
+        """A challenge older than challenge_ttl is refused with 403."""
+        challenge = self.challenge()
+        self.memory.clock.advance(15 * 60 + 1)
+        code, _, reason = self.post(self.device.phase2_body(challenge))
+        self.assertEqual(code, 403)
+        self.assertIn(b"challenge expired", reason)
+
+    def test_unknown_or_missing_challenge(self) -> None:
+        """A made-up challenge and a missing one are both 403."""
+        self.assertEqual(self.post(self.device.phase2_body("made-up"))[0], 403)
+        code, _, reason = self.post(self.device.phase2_body(None))
+        self.assertEqual((code, reason), (403, b"the device attributes carry no challenge\n"))
+
+    def test_bad_signature_does_not_consume_challenge(self) -> None:
+        """A tampered request is refused, and its challenge still works for the genuine request."""
+        challenge = self.challenge()
+        genuine = self.device.phase2_body(challenge, ber=False)
+        index = genuine.index(challenge.encode())
+        tampered = genuine[:index] + bytes([genuine[index] ^ 1]) + genuine[index + 1 :]
+        code, _, reason = self.post(tampered)
+        self.assertEqual(code, 403)
+        self.assertIn(b"signature", reason)
+        self.assertEqual(self.post(genuine)[0], 200)
+
+    def test_signer_outside_anchors_strict(self) -> None:
+        """Under strict, a request signed by an identity outside the anchors is refused with 403, challenge intact."""
+        challenge = self.challenge()
+        code, _, reason = self.post(self.device.phase2_body(challenge, signer=self_signed_identity("stranger")))
+        self.assertEqual(code, 403)
+        self.assertIn(b"not a trusted device identity", reason)
+        self.assertEqual(self.post(self.device.phase2_body(challenge))[0], 200)
+
+    def test_signer_outside_anchors_log(self) -> None:
+        """Under log, the same request is accepted and a warning event is recorded."""
+        memory = self.site("log")
+        code, _, _ = self.post(self.device.phase2_body(self.challenge(memory), signer=self_signed_identity("stranger")), memory)
+        self.assertEqual(code, 200)
+        self.assertTrue(any(event.outcome == "warning" and event.udid == UDID for event in memory.events()))
+
+    def test_malformed_bodies(self) -> None:
+        """Empty, truncated, random, padded and bare-BER bodies get 400 with one-line reasons, never 500.
+
+        (The 413 for oversized bodies happens in the HTTP channel; test_web and test_daemon cover it.)
+        """
+        genuine = self.device.phase2_body(self.challenge(), ber=False)
+        cases = {
+            b"": 400,
+            genuine[: len(genuine) // 2]: 400,
+            bytes(range(256)) * 4: 400,
+            b"\x30\x80" + b"\x00" * 100: 400,
+            genuine + b"\x00" * 10: 400,
+        }
+        for body, expected in cases.items():
+            code, _, reason = self.post(body)
+            self.assertEqual(code, expected, reason)
+            self.assertEqual(reason.count(b"\n"), 1)
+
+    def test_content_not_a_plist(self) -> None:
+        """A valid device signature over something that is not a plist is 400."""
+        from tests.fakedevice import sign_cms
+
+        cert, key = self.device.identity
+        body = sign_cms(b"not a plist at all", cert, key, digest="sha256", signed_attributes=None, certificates=[cert, *apple().chain()])
+        code, _, reason = self.post(body)
+        self.assertEqual((code, reason), (400, b"the signed content is not a property list\n"))
+
+    def test_refusals_are_logged_and_change_nothing_else(self) -> None:
+        """Each refusal adds an event with its reason and no device."""
+        self.post(self.device.phase2_body("made-up"))
+        events = self.memory.events()
+        self.assertEqual(events[0].outcome, "refused")
+        self.assertIn("unknown challenge", events[0].reason)
+        self.assertIsNone(self.successResultOf(self.memory.store.call(lambda store: store.device(UDID))))
+
+    def test_otad_identity_is_phase3(self) -> None:
+        """A request signed by a certificate otad's CA issued is phase 3: 501 until that is built."""
+        from tests.fakedevice import sign_cms
+
+        signer = self.memory.authority.tls
+        body = sign_cms(plistlib.dumps({"UDID": UDID}), signer.cert, signer.key, digest="sha256", signed_attributes=(), certificates=[signer.cert])
+        code, _, reason = self.post(body)
+        self.assertEqual(code, 501)
+        self.assertIn(b"phase 3", reason)
+
+
+class RealCaptureTests(unittest.TestCase):
+    def test_zentral_capture_passes_strict_apple_chain(self) -> None:
+        """The real macOS 13 capture passes signature and strict Apple-chain checks; only its old challenge is refused."""
+        memory = MemorySite(Path(self.mktemp()), policy="strict", anchors=load_anchors(None))
+        self.addCleanup(memory.close)
+        capture = (DATA / "zentral" / "ota-phase2-macos13.der").read_bytes()
+        code, _, reason = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=capture)))
+        self.assertEqual(code, 403)
+        self.assertEqual(reason, b"phase-1 challenge refused: unknown challenge\n")
+
+    def test_zentral_capture_with_one_byte_changed(self) -> None:
+        """The same capture with one byte of its signed content changed is refused for its signature."""
+        memory = MemorySite(Path(self.mktemp()), policy="strict", anchors=load_anchors(None))
+        self.addCleanup(memory.close)
+        capture = bytearray((DATA / "zentral" / "ota-phase2-macos13.der").read_bytes())
+        capture[capture.index(b"<key>UDID</key>") + 6] ^= 0x20
+        code, _, reason = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=bytes(capture))))
+        self.assertEqual(code, 403)
+        self.assertIn(b"signature", reason)
