@@ -329,3 +329,8 @@ def tls_names(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return san.get_values_for_type(x509.DNSName)
+
+
+def serial_hex(serial: int) -> str:
+    """How otad writes serial numbers everywhere (store, admin, logs): lower-case hex, no leading zeros."""
+    return format(serial, "x")

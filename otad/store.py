@@ -52,6 +52,30 @@ class Device:
 
 
 @dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    udid: str | None
+    subject: str
+    not_before: float
+    not_after: float
+    der: bytes
+    challenge_id: int | None
+    transaction_id: str | None
+    issued: float
+    revoked: float | None
+    revocation_reason: str | None
+
+
+_CERTIFICATE_COLUMNS = (
+    "serial, udid, subject, not_before, not_after, der, challenge_id, transaction_id, issued, revoked, revocation_reason"
+)
+
+
+class DuplicateSerial(Exception):
+    """The serial is already taken; the caller draws a new one and signs again."""
+
+
+@dataclass(frozen=True)
 class Event:
     at: float
     kind: str
@@ -165,6 +189,20 @@ class Store:
             )
         return challenge
 
+    def find_challenge(self, digest: bytes, kinds: tuple[str, ...], *, now: float) -> Challenge:
+        """The live challenge with this digest, without using it (``consume_challenge`` decides later)."""
+        row = self._db.execute(
+            "SELECT id, kind, bound_to, created, expires, uses_left FROM challenges WHERE digest = ?", (digest,)
+        ).fetchone()
+        if row is None or row[1] not in kinds:
+            raise ChallengeRefused("unknown challenge")
+        challenge = Challenge(*row)
+        if challenge.expires <= now:
+            raise ChallengeRefused("challenge expired")
+        if challenge.uses_left <= 0:
+            raise ChallengeRefused("challenge already used")
+        return challenge
+
     def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
         """Forget challenges that expired more than ``keep`` seconds ago; returns how many."""
         with self.transaction() as db:
@@ -193,6 +231,68 @@ class Store:
     def devices(self) -> list[Device]:
         rows = self._db.execute("SELECT udid, user, attributes, first_seen, last_seen FROM devices ORDER BY last_seen DESC")
         return [Device(row[0], row[1], json.loads(row[2]), row[3], row[4]) for row in rows]
+
+    # -- certificates ------------------------------------------------------------------------
+
+    def add_certificate(
+        self,
+        *,
+        serial: str,
+        udid: str | None,
+        subject: str,
+        not_before: float,
+        not_after: float,
+        der: bytes,
+        csr: bytes | None,
+        challenge_id: int | None,
+        transaction_id: str | None,
+        now: float,
+    ) -> None:
+        """Record an issued certificate; raises DuplicateSerial if the serial exists."""
+        with self.transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO certificates (serial, udid, subject, not_before, not_after, der, csr, challenge_id, "
+                    "transaction_id, issued) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (serial, udid, subject, not_before, not_after, der, csr, challenge_id, transaction_id, now),
+                )
+            except sqlite3.IntegrityError as error:
+                if "certificates.serial" in str(error):
+                    raise DuplicateSerial(serial) from None
+                raise
+
+    def certificate(self, serial: str) -> CertificateRecord | None:
+        row = self._db.execute(f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates WHERE serial = ?", (serial,)).fetchone()
+        return CertificateRecord(*row) if row else None
+
+    def certificate_for_transaction(self, transaction_id: str) -> CertificateRecord | None:
+        """The newest certificate issued for a SCEP transaction, for polls and retried requests."""
+        row = self._db.execute(
+            f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates WHERE transaction_id = ? ORDER BY issued DESC LIMIT 1",
+            (transaction_id,),
+        ).fetchone()
+        return CertificateRecord(*row) if row else None
+
+    def certificates(self, udid: str | None = None) -> list[CertificateRecord]:
+        if udid is None:
+            rows = self._db.execute(f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates ORDER BY issued")
+        else:
+            rows = self._db.execute(f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates WHERE udid = ? ORDER BY issued", (udid,))
+        return [CertificateRecord(*row) for row in rows]
+
+    def revoke(self, serial: str, *, reason: str, now: float) -> bool:
+        """Mark a certificate revoked; returns False if there is no such (unrevoked) certificate."""
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE certificates SET revoked = ?, revocation_reason = ? WHERE serial = ? AND revoked IS NULL",
+                (now, reason, serial),
+            ).rowcount
+            if changed:
+                db.execute(
+                    "INSERT INTO events (at, kind, outcome, serial, reason) VALUES (?, 'certificate', 'revoked', ?, ?)",
+                    (now, serial, reason),
+                )
+        return bool(changed)
 
     # -- events ------------------------------------------------------------------------------
 
