@@ -334,3 +334,53 @@ def tls_names(cert: x509.Certificate) -> list[str]:
 def serial_hex(serial: int) -> str:
     """How otad writes serial numbers everywhere (store, admin, logs): lower-case hex, no leading zeros."""
     return format(serial, "x")
+
+
+# The device binding inside each certificate otad issues to a device; the store holds the same
+# binding by serial, and is what phase 3 trusts.
+UDID_URI_PREFIX = "urn:x-otad:udid:"
+
+
+def device_binding(cert: x509.Certificate) -> str | None:
+    """The UDID a certificate otad issued is bound to, or None."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(UDID_URI_PREFIX):
+            return uri[len(UDID_URI_PREFIX) :]
+    return None
+
+
+def issue_client_certificate(
+    issuer: Identity,
+    public_key: rsa.RSAPublicKey,
+    subject: x509.Name,
+    requested: x509.Extensions,
+    *,
+    udid: str | None,
+    serial: int,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+) -> x509.Certificate:
+    """A client-authentication certificate for a SCEP request.
+
+    Key usage is what the request asked for within digitalSignature and keyEncipherment (both
+    when it asked for neither); requested SANs are not copied, so a client can't claim names;
+    the UDID binding, when there is one, goes into a SAN URI.
+    """
+    try:
+        asked = requested.get_extension_for_class(x509.KeyUsage).value
+        signature, encipherment = asked.digital_signature, asked.key_encipherment
+    except x509.ExtensionNotFound:
+        signature = encipherment = False
+    if not (signature or encipherment):
+        signature = encipherment = True
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (_key_usage(digital_signature=signature, key_encipherment=encipherment), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+    ]
+    if udid is not None:
+        extensions.append((x509.SubjectAlternativeName([x509.UniformResourceIdentifier(UDID_URI_PREFIX + udid)]), False))
+    return issue(issuer, public_key, subject, now=now, lifetime=lifetime, extensions=extensions, serial=serial)

@@ -154,6 +154,13 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "keysize": (_int_in(1024, 2048, 4096), "2048"),
         "scep_challenge_ttl": (parse_duration, "1h"),
     },
+    "scep": {
+        "capabilities": (_words, "POSTPKIOperation SHA-256 SHA-384 SHA-512 AES DES3 SCEPStandard Renewal"),
+        "cert_validity": (parse_duration, "365d"),
+        "min_key_size": (_int_in(1024, 2048, 3072, 4096), "2048"),
+        "allow_legacy_1024": (_boolean, "no"),
+        "ca_cert_format": (_choice("ca-ra", "ca"), "ca-ra"),
+    },
     "device": {
         "policy": (_choice("strict", "log", "off"), "strict"),
         "anchors": (lambda text: text.strip(), ""),
@@ -187,6 +194,10 @@ class Config:
     scep_subject: str = "O=$ORGANIZATION/CN=$UDID"
     keysize: int = 2048
     scep_challenge_ttl: int = 3600
+    scep_capabilities: tuple[str, ...] = ()
+    cert_validity: int = 365 * 86400
+    min_key_size: int = 2048
+    ca_cert_format: str = "ca-ra"
     device_policy: str = "strict"
     device_anchors: Path | None = None
     ca_key_size: int = 3072
@@ -243,6 +254,9 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
             except ValueError as error:
                 raise ConfigError(f"bad value for [{section}] {key}: {error}") from None
     server, enrollment, ca, device = values["server"], values["enrollment"], values["ca"], values["device"]
+    scep = values["scep"]
+    if scep["min_key_size"] == 1024 and not scep["allow_legacy_1024"]:
+        raise ConfigError("bad value for [scep] min_key_size: 1024 needs allow_legacy_1024 = yes")
     for key, value in (overrides or {}).items():
         if value is None or value == () or value == []:
             continue
@@ -282,6 +296,10 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         scep_subject=str(enrollment["scep_subject"]),
         keysize=int(enrollment["keysize"]),  # type: ignore[call-overload]
         scep_challenge_ttl=int(enrollment["scep_challenge_ttl"]),  # type: ignore[call-overload]
+        scep_capabilities=tuple(scep["capabilities"]),  # type: ignore[arg-type]
+        cert_validity=int(scep["cert_validity"]),  # type: ignore[call-overload]
+        min_key_size=int(scep["min_key_size"]),  # type: ignore[call-overload]
+        ca_cert_format=str(scep["ca_cert_format"]),
         device_policy=str(device["policy"]),
         device_anchors=Path(str(device["anchors"])).expanduser().absolute() if device["anchors"] else None,
         ca_key_size=int(ca["key_size"]),  # type: ignore[call-overload]

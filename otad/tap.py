@@ -23,6 +23,8 @@ from otad.resources.ca import RootCertificate
 from otad.resources.enroll import enroll_resource
 from otad.resources.profile import ProfileRequest
 from otad.resources.root import Root
+from otad.resources.scep import SCEPResource
+from otad.scep_responder import SCEPResponder
 from otad.resources.welcome import WelcomePage
 from otad.store import Store, StoreThread
 from otad.users import HtpasswdChecker, create_first_user
@@ -161,6 +163,7 @@ class OtadService(MultiService):
                 b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
                 b"enroll": enroll_resource(enrollment, checker, settings.realm, settings.public_url),
                 b"profile": ProfileRequest(enrollment, settings.public_url),
+                b"scep": SCEPResource(SCEPResponder(settings, authority, self.store, self.crypto, self._reactor)),
             }
         )
         return OtadSite(root, max_body=settings.max_body, reactor=self._reactor)

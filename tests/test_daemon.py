@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from tests.daemon import Daemon, DaemonExited
 from tests.fakeapple import FakeAppleHierarchy
-from tests.fakedevice import FakeDevice, UnexpectedResponse
+from tests.fakedevice import FakeDevice, SCEPRefused, UnexpectedResponse
 
 
 class DaemonTests(unittest.TestCase):
@@ -104,6 +104,33 @@ class DaemonTests(unittest.TestCase):
             huge = await device.request(b"POST", "/profile", body=b"A" * (10 * 1024 * 1024))
             self.assertEqual(huge.code, 413)
             self.assertIn(b"request body larger than", huge.body)
+
+        return ensureDeferred(run())
+
+    def test_scep_enrollment_with_fake_device(self) -> None:
+        """The fake iPhone gets its identity over SCEP (POST, then GET for a second device) bound to its UDID."""
+
+        async def run() -> None:
+            apple = FakeAppleHierarchy.create()
+            anchors = Path(self.mktemp()).absolute()
+            anchors.write_bytes(apple.anchors_pem())
+            daemon = self.new_daemon(extra=("--device-ca", str(anchors)))
+            await daemon.start()
+            ca_pem = (daemon.data_dir / "certs" / "ca.pem").read_bytes()
+            root = x509.load_pem_x509_certificate(ca_pem)
+            for udid, use_get in (("00008030-00AA00BB00CC00DD", False), ("00008030-00EE00FF00112233", True)):
+                device = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, udid)
+                self.addCleanup(lambda device=device: ensureDeferred(device.close()))
+                service = await device.enroll("apple", daemon.first_password)
+                profile = await device.phase2(service["PayloadContent"]["Challenge"])
+                cert = await device.scep_enroll(profile["PayloadContent"][0], use_get=use_get)
+                cert.verify_directly_issued_by(root)
+                self.assertEqual(cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value, udid)
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                self.assertIn(f"urn:x-otad:udid:{udid}", san.get_values_for_type(x509.UniformResourceIdentifier))
+                # The SCEP challenge is one-time: the same payload can't enroll twice.
+                with self.assertRaises(SCEPRefused):
+                    await device.scep_enroll(profile["PayloadContent"][0])
 
         return ensureDeferred(run())
 

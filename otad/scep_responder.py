@@ -1,0 +1,282 @@
+"""otad's SCEP responder (RFC 8894): what each PKIOperation does, with the store, the CA and the crypto pool.
+
+The resource at ``/scep`` only decodes HTTP; everything a request may change happens here, and
+issuing a certificate and recording it commit together before any CertRep goes out.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from otad import cms, scep, tokens
+from otad.ca import Authority, Identity, issue_client_certificate, serial_hex
+from otad.config import Config
+from otad.pool import WorkerPool
+from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, Store, StoreThread
+from otad.web import Refusal
+
+log = Logger()
+
+CA_RA_CERT = b"application/x-x509-ca-ra-cert"
+CA_CERT = b"application/x-x509-ca-cert"
+# Challenges a SCEP request may present: minted in phase 2 (bound to a UDID) or by an admin.
+_CHALLENGE_KINDS = ("scep", "static")
+_SERIAL_ATTEMPTS = 4
+
+
+class _Failure(Exception):
+    """A request answered with a FAILURE CertRep; ``reason`` goes to the event log only."""
+
+    def __init__(self, fail_info: scep.FailInfo, reason: str) -> None:
+        super().__init__(reason)
+        self.fail_info = fail_info
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Decision:
+    status: scep.PKIStatus
+    issued: tuple[x509.Certificate, ...] = ()
+    fail_info: scep.FailInfo | None = None
+
+
+def _reply_digest(request_digest: str) -> str:
+    # Replies are at least SHA-256; a client that signed with SHA-384/512 gets the same back.
+    return request_digest if request_digest in ("sha256", "sha384", "sha512") else "sha256"
+
+
+def _reply_cipher(request_cipher: str) -> str:
+    # Never answer with single DES: a client that sent DES gets DES3.
+    return "des3" if request_cipher == "des" else request_cipher
+
+
+class SCEPResponder:
+    """Answers GetCACaps, GetCACert and PKIOperation (PKCSReq, RenewalReq, CertPoll, GetCert)."""
+
+    def __init__(
+        self, config: Config, authority: Authority, store: StoreThread, crypto: WorkerPool, clock: IReactorTime
+    ) -> None:
+        self._config = config
+        self._authority = authority
+        self._store = store
+        self._crypto = crypto
+        self._clock = clock
+        # With an RA (the default) the RA decrypts requests and signs replies; otherwise the CA does.
+        self._responder: Identity = authority.ra if config.ca_cert_format == "ca-ra" else authority.root
+
+    def capabilities(self) -> bytes:
+        return "".join(f"{capability}\n" for capability in self._config.scep_capabilities).encode("ascii")
+
+    def ca_certificates(self) -> tuple[bytes, bytes]:
+        """GetCACert's content type and body."""
+        if self._config.ca_cert_format == "ca-ra":
+            return CA_RA_CERT, cms.certs_only([self._authority.root.cert, self._authority.ra.cert])
+        return CA_CERT, self._authority.root.cert.public_bytes(serialization.Encoding.DER)
+
+    async def pki_operation(self, der: bytes, transport: str) -> bytes:
+        """One PKIOperation: a DER PKIMessage in, a DER CertRep out (Refusal if it can't be read at all)."""
+        try:
+            message = await self._crypto.run(scep.parse_pki_message, der)
+        except scep.SCEPError as error:
+            await self._event("refused", reason=f"unreadable PKIMessage: {error}")
+            raise Refusal(400, f"not a SCEP PKIMessage: {error}") from None
+        log.info(
+            "SCEP {kind} by {transport}, digest {digest}, transaction {transaction}",
+            kind=_type_name(message.message_type),
+            transport=transport,
+            digest=message.digest,
+            transaction=message.transaction_id,
+        )
+        cipher = "aes256"
+        try:
+            if message.message_type in (scep.MessageType.PKCSReq, scep.MessageType.RenewalReq):
+                opened = await self._open(message)
+                cipher = _reply_cipher(opened.cipher)
+                decision = await self._enroll(message, opened.content, opened.cipher)
+            elif message.message_type == scep.MessageType.CertPoll:
+                opened = await self._open(message)
+                cipher = _reply_cipher(opened.cipher)
+                decision = await self._poll(message)
+            elif message.message_type == scep.MessageType.GetCert:
+                opened = await self._open(message)
+                cipher = _reply_cipher(opened.cipher)
+                decision = await self._get_cert(opened.content)
+            else:
+                raise _Failure(scep.FailInfo.badRequest, f"unsupported messageType {message.message_type}")
+        except _Failure as failure:
+            await self._event("refused", transaction=message.transaction_id, reason=failure.reason)
+            log.info("SCEP request refused: {reason}", reason=failure.reason, transaction=message.transaction_id, outcome="refused")
+            decision = _Decision(scep.PKIStatus.FAILURE, fail_info=failure.fail_info)
+        responder = self._responder
+        return await self._crypto.run(
+            lambda: scep.build_cert_rep(
+                request=message,
+                status=decision.status,
+                signer_cert=responder.cert,
+                signer_key=responder.key,
+                fail_info=decision.fail_info,
+                issued=decision.issued,
+                cipher=cipher,
+                digest=_reply_digest(message.digest),
+            )
+        )
+
+    async def _open(self, message: scep.PKIMessage) -> cms.Decrypted:
+        """Decrypt the envelope with the RA key, or the CA key for clients that encrypted to the CA."""
+        candidates = [self._responder]
+        if self._responder is not self._authority.root:
+            candidates.append(self._authority.root)
+        for identity in candidates:
+            try:
+                opened = await self._crypto.run(scep.open_envelope, message, identity.cert, identity.key)
+            except (cms.CMSError, scep.SCEPError):
+                continue
+            log.info("SCEP envelope cipher {cipher}", cipher=opened.cipher, transaction=message.transaction_id)
+            return opened
+        raise _Failure(scep.FailInfo.badMessageCheck, "cannot decrypt the request's envelope")
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    async def _event(self, outcome: str, *, transaction: str | None = None, udid: str | None = None,
+                     serial: str | None = None, reason: str | None = None) -> None:
+        now = self._now()
+        detail = f"transaction {transaction}: {reason}" if transaction else reason
+        await self._store.call(
+            lambda store: store.record_event(now=now, kind="scep", outcome=outcome, udid=udid, serial=serial, reason=detail)
+        )
+
+    async def _issued_record(self, cert: x509.Certificate) -> CertificateRecord | None:
+        """The store's record of ``cert`` if otad's CA signed it (by signature, then by serial), else None."""
+        try:
+            cert.verify_directly_issued_by(self._authority.root.cert)
+        except Exception:
+            return None
+        serial = serial_hex(cert.serial_number)
+        record = await self._store.call(lambda store: store.certificate(serial))
+        if record is None or record.der != cert.public_bytes(serialization.Encoding.DER):
+            return None
+        return record
+
+    async def _enroll(self, message: scep.PKIMessage, csr_der: bytes, request_cipher: str) -> _Decision:
+        try:
+            csr = await self._crypto.run(scep.parse_csr, csr_der)
+        except scep.SCEPError as error:
+            raise _Failure(error.fail_info, f"bad CSR: {error}") from None
+        public_key = csr.public_key
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise _Failure(scep.FailInfo.badAlg, "only RSA keys are accepted")
+        if public_key.key_size < self._config.min_key_size:
+            raise _Failure(scep.FailInfo.badRequest, f"RSA key of {public_key.key_size} bits is below the minimum {self._config.min_key_size}")
+        now = self._now()
+        renewing = await self._renewal_source(message)
+        if message.message_type == scep.MessageType.RenewalReq and renewing is None:
+            raise _Failure(scep.FailInfo.badRequest, "RenewalReq not signed by a valid, unrevoked otad certificate")
+        digest: bytes | None = None
+        if renewing is not None:
+            udid = renewing.udid
+        else:
+            if not csr.challenge:
+                raise _Failure(scep.FailInfo.badRequest, "the CSR has no challengePassword")
+            digest = tokens.digest(csr.challenge)
+            try:
+                challenge = await self._store.call(lambda store: store.find_challenge(digest, _CHALLENGE_KINDS, now=now))
+            except ChallengeRefused as error:
+                raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+            udid = challenge.bound_to if challenge.kind == "scep" else None
+        lifetime = datetime.timedelta(seconds=self._config.cert_validity)
+        issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        for _ in range(_SERIAL_ATTEMPTS):
+            serial = x509.random_serial_number()
+            cert = await self._crypto.run(
+                lambda: issue_client_certificate(
+                    self._authority.root, public_key, csr.subject, csr.extensions,
+                    udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
+                )
+            )
+            try:
+                await self._store.call(lambda store: self._record(store, cert, csr.der, digest, udid, message, now, renewing))
+            except DuplicateSerial:
+                continue
+            except ChallengeRefused as error:
+                # Someone used the challenge while this certificate was being signed; it is never sent.
+                raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+            log.info(
+                "issued certificate {serial} for {udid} ({kind}, request cipher {cipher})",
+                serial=serial_hex(serial), udid=udid, kind="renewal" if renewing else "enrollment",
+                cipher=request_cipher, outcome="issued",
+            )
+            return _Decision(scep.PKIStatus.SUCCESS, issued=(cert,))
+        raise _Failure(scep.FailInfo.badRequest, "could not draw an unused serial number")
+
+    @staticmethod
+    def _record(
+        store: Store, cert: x509.Certificate, csr: bytes, digest: bytes | None, udid: str | None,
+        message: scep.PKIMessage, now: float, renewing: CertificateRecord | None,
+    ) -> None:
+        """Use the challenge and record the certificate in one transaction (runs on the store thread)."""
+        with store.transaction():
+            challenge_id = None
+            if digest is not None:
+                challenge_id = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now).id
+            serial = serial_hex(cert.serial_number)
+            store.add_certificate(
+                serial=serial,
+                udid=udid,
+                subject=cert.subject.rfc4514_string(),
+                not_before=cert.not_valid_before_utc.timestamp(),
+                not_after=cert.not_valid_after_utc.timestamp(),
+                der=cert.public_bytes(serialization.Encoding.DER),
+                csr=csr,
+                challenge_id=challenge_id,
+                transaction_id=message.transaction_id,
+                now=now,
+            )
+            store.record_event(
+                now=now, kind="scep", outcome="issued", udid=udid, serial=serial,
+                reason=f"renewal of {renewing.serial}" if renewing else f"transaction {message.transaction_id}",
+            )
+
+    async def _renewal_source(self, message: scep.PKIMessage) -> CertificateRecord | None:
+        """The valid, unrevoked otad certificate that signed this request, if any: then no challenge is needed."""
+        record = await self._issued_record(message.signer)
+        if record is None or record.revoked is not None:
+            return None
+        if not record.not_before <= self._now() < record.not_after:
+            return None
+        return record
+
+    async def _poll(self, message: scep.PKIMessage) -> _Decision:
+        """CertPoll/GetCertInitial: otad decides at once, so a poll finds the issued certificate or nothing."""
+        transaction = message.transaction_id
+        record = await self._store.call(lambda store: store.certificate_for_transaction(transaction))
+        if record is None:
+            raise _Failure(scep.FailInfo.badCertId, "no certificate for this transaction")
+        return _Decision(scep.PKIStatus.SUCCESS, issued=(x509.load_der_x509_certificate(record.der),))
+
+    async def _get_cert(self, payload: bytes) -> _Decision:
+        try:
+            issuer, serial = scep.parse_issuer_and_serial(payload)
+        except scep.SCEPError as error:
+            raise _Failure(scep.FailInfo.badRequest, f"bad GetCert request: {error}") from None
+        if issuer != self._authority.root.cert.subject:
+            raise _Failure(scep.FailInfo.badCertId, "not an issuer otad knows")
+        record = await self._store.call(lambda store: store.certificate(serial_hex(serial)))
+        if record is None:
+            raise _Failure(scep.FailInfo.badCertId, "no certificate with that serial")
+        return _Decision(scep.PKIStatus.SUCCESS, issued=(x509.load_der_x509_certificate(record.der),))
+
+
+def _type_name(value: Any) -> str:
+    try:
+        return scep.MessageType(value).name
+    except ValueError:
+        return f"messageType {value}"
