@@ -153,6 +153,14 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "scep_subject": (_subject_template, "O=$ORGANIZATION/CN=$UDID"),
         "keysize": (_int_in(1024, 2048, 4096), "2048"),
         "scep_challenge_ttl": (parse_duration, "1h"),
+        "identity": (_choice("scep", "pkcs12"), "scep"),
+        "on_repeat": (_choice("update", "redirect"), "update"),
+    },
+    "profile": {
+        "templates": (lambda text: text.strip(), ""),
+        "intranet_url": (_public_url, "https://intranet.example.com"),
+        "expiration": (lambda text: parse_duration(text) if text.strip() else 0, ""),
+        "removal_disallowed": (_boolean, "no"),
     },
     "scep": {
         "capabilities": (_words, "POSTPKIOperation SHA-256 SHA-384 SHA-512 AES DES3 SCEPStandard Renewal"),
@@ -194,6 +202,12 @@ class Config:
     scep_subject: str = "O=$ORGANIZATION/CN=$UDID"
     keysize: int = 2048
     scep_challenge_ttl: int = 3600
+    identity: str = "scep"
+    on_repeat: str = "update"
+    templates: Path | None = None
+    intranet_url: str = ""
+    profile_expiration: int = 0
+    removal_disallowed: bool = False
     scep_capabilities: tuple[str, ...] = ()
     cert_validity: int = 365 * 86400
     min_key_size: int = 2048
@@ -254,7 +268,7 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
             except ValueError as error:
                 raise ConfigError(f"bad value for [{section}] {key}: {error}") from None
     server, enrollment, ca, device = values["server"], values["enrollment"], values["ca"], values["device"]
-    scep = values["scep"]
+    scep, profile = values["scep"], values["profile"]
     if scep["min_key_size"] == 1024 and not scep["allow_legacy_1024"]:
         raise ConfigError("bad value for [scep] min_key_size: 1024 needs allow_legacy_1024 = yes")
     for key, value in (overrides or {}).items():
@@ -296,6 +310,12 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         scep_subject=str(enrollment["scep_subject"]),
         keysize=int(enrollment["keysize"]),  # type: ignore[call-overload]
         scep_challenge_ttl=int(enrollment["scep_challenge_ttl"]),  # type: ignore[call-overload]
+        identity=str(enrollment["identity"]),
+        on_repeat=str(enrollment["on_repeat"]),
+        templates=Path(str(profile["templates"])).expanduser().absolute() if profile["templates"] else None,
+        intranet_url=str(profile["intranet_url"]),
+        profile_expiration=int(profile["expiration"]),  # type: ignore[call-overload]
+        removal_disallowed=bool(profile["removal_disallowed"]),
         scep_capabilities=tuple(scep["capabilities"]),  # type: ignore[arg-type]
         cert_validity=int(scep["cert_validity"]),  # type: ignore[call-overload]
         min_key_size=int(scep["min_key_size"]),  # type: ignore[call-overload]

@@ -6,24 +6,34 @@ knows no HTTP beyond the refusal codes, and does its RSA work on the crypto pool
 
 from __future__ import annotations
 
+import datetime
 import plistlib
 import re
+import secrets
 import string
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from otad import cms, payloads, tokens
-from otad.ca import Authority
+from otad import cms, payloads, templates, tokens
+from otad.ca import Authority, generate_key, issue_client_certificate, serial_hex
 from otad.config import Config
 from otad.device_trust import DeviceTrust
 from otad.pool import WorkerPool
-from otad.store import ChallengeRefused, Store, StoreThread
+from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, Store, StoreThread
 from otad.web import Refusal
 
 log = Logger()
+
+
+class RepeatRedirect(Exception):
+    """``on_repeat = redirect``: a device that already has its configuration is sent back to ``/enroll``."""
+
 
 # Real UDIDs: 40 hex digits (older iOS), 8-16 hex with a dash (newer iOS), UUIDs (Macs).
 _UDID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
@@ -32,6 +42,22 @@ _UDID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 def _subject_value(value: str) -> str:
     """Escape a device-supplied value so that it can't add name components to the subject."""
     return re.sub(r"([\\/+=])", r"\\\1", value)
+
+
+_NAME_OIDS = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+}
+
+
+def _name_attribute(name: str, value: str) -> x509.NameAttribute:
+    """One subject attribute from Apple's [name, value] pair (a short name or a dotted OID)."""
+    oid = _NAME_OIDS.get(name) or x509.ObjectIdentifier(name)
+    return x509.NameAttribute(oid, value)
 
 
 def parse_device_attributes(content: bytes) -> dict[str, Any]:
@@ -70,8 +96,10 @@ class Enrollment:
         crypto: WorkerPool,
         clock: IReactorTime,
         device_trust: DeviceTrust,
+        profile_templates: Sequence[templates.Template],
     ) -> None:
         self._config = config
+        self._templates = tuple(profile_templates)
         self._authority = authority
         self._device_trust = device_trust
         self._store = store
@@ -136,9 +164,15 @@ class Enrollment:
             raise await self._refused(403, f"the request's signature is invalid: {error}", phase=2)
         except cms.CMSError as error:
             raise await self._refused(400, f"not a CMS signed request: {error}", phase=2)
-        if self._issued_by_otad(signed.signer):
-            raise await self._refused(501, "phase 3 (a request signed by an otad identity) is not implemented yet", phase=3)
-        return await self._phase2(signed, base_url)
+        phase = 3 if self._issued_by_otad(signed.signer) else 2
+        try:
+            if phase == 3:
+                return await self._phase3(signed, base_url)
+            return await self._phase2(signed, base_url)
+        except payloads.ProfileInvalid as error:
+            # A template or setting produced something a device would refuse: never send it.
+            log.error("refusing to serve an invalid profile: {reason}", reason=str(error), phase=phase)
+            raise await self._refused(500, f"otad built an invalid profile and did not send it: {error}", phase=phase) from None
 
     async def _phase2(self, signed: cms.Verified, base_url: str) -> bytes:
         config = self._config
@@ -162,6 +196,25 @@ class Enrollment:
                 )
             )
             log.warn("accepted an untrusted device identity for {udid}: {reason}", udid=udid, reason=warning, phase=2)
+        if config.identity == "pkcs12":
+            identity_payload, user = await self._pkcs12_identity(attributes, challenge, udid, now)
+        else:
+            identity_payload, user = await self._scep_identity(attributes, challenge, udid, now, base_url)
+        profile = payloads.configuration_profile(
+            identifier=f"{config.identifier}.enrollment",
+            organization=config.organization,
+            display_name=f"{config.organization} device identity",
+            description="Enrolls this device's identity certificate for encrypted profiles",
+            content=[identity_payload],
+        )
+        log.info("phase 2 done for {udid}", udid=udid, user=user, phase=2, outcome=f"{config.identity} payload sent")
+        return await self.sign(payloads.serialize(profile))
+
+    async def _scep_identity(
+        self, attributes: dict[str, Any], challenge: str, udid: str, now: float, base_url: str
+    ) -> tuple[dict[str, Any], str | None]:
+        """Use the phase-1 challenge and mint a one-time SCEP challenge bound to the UDID, in one transaction."""
+        config = self._config
         token, digest = tokens.mint()
 
         def commit(store: Store) -> str | None:
@@ -172,30 +225,98 @@ class Enrollment:
                 store.record_event(now=now, kind="phase 2", outcome="scep payload sent", user=phase1.bound_to, udid=udid)
                 return phase1.bound_to
 
+        user = await self._commit_phase2(commit, udid)
+        payload = payloads.scep_payload(
+            url=f"{base_url}/scep",
+            subject=self._scep_subject(attributes, user),
+            challenge=token,
+            keysize=config.keysize,
+            identifier=f"{config.identifier}.enrollment.scep",
+            display_name="Device identity",
+            organization=config.organization,
+            description="Provides the device identity that encrypted profiles are addressed to",
+        )
+        return payload, user
+
+    async def _commit_phase2(self, commit: Any, udid: str) -> Any:
         try:
-            user = await self._store.call(commit)
+            return await self._store.call(commit)
         except ChallengeRefused as error:
             raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid)
-        profile = payloads.configuration_profile(
-            identifier=f"{config.identifier}.enrollment",
-            organization=config.organization,
-            display_name=f"{config.organization} device identity",
-            description="Enrolls this device's identity certificate for encrypted profiles",
-            content=[
-                payloads.scep_payload(
-                    url=f"{base_url}/scep",
-                    subject=self._scep_subject(attributes, user),
-                    challenge=token,
-                    keysize=config.keysize,
-                    identifier=f"{config.identifier}.enrollment.scep",
-                    display_name="Device identity",
-                    organization=config.organization,
-                    description="Provides the device identity that encrypted profiles are addressed to",
+
+    async def _pkcs12_identity(
+        self, attributes: dict[str, Any], challenge: str, udid: str, now: float
+    ) -> tuple[dict[str, Any], str | None]:
+        """Generate the device's key and certificate here and send them as a password-protected PKCS#12.
+
+        The challenge is checked before the (slow) key generation and used in the same
+        transaction that records the certificate, so a refused request costs no key and
+        a failed write sends nothing.
+        """
+        config = self._config
+        try:
+            await self._store.call(lambda store: store.find_challenge(tokens.digest(challenge), ("enroll",), now=now))
+        except ChallengeRefused as error:
+            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid)
+        key = await self._crypto.run(generate_key, config.keysize)
+        subject_rdns = self._scep_subject(attributes, None)
+        subject = x509.Name([x509.RelativeDistinguishedName([_name_attribute(name, value) for name, value in rdn]) for rdn in subject_rdns])
+        issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        lifetime = datetime.timedelta(seconds=config.cert_validity)
+        for _ in range(4):
+            serial = x509.random_serial_number()
+            cert = await self._crypto.run(
+                lambda: issue_client_certificate(
+                    self._authority.root, key.public_key(), subject, x509.Extensions([]),
+                    udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
                 )
-            ],
+            )
+
+            def commit(store: Store, cert: x509.Certificate = cert) -> str | None:
+                with store.transaction():
+                    phase1 = store.consume_challenge(tokens.digest(challenge), ("enroll",), now=now)
+                    store.record_device(udid, phase1.bound_to, attributes, now=now)
+                    store.add_certificate(
+                        serial=serial_hex(cert.serial_number), udid=udid, subject=cert.subject.rfc4514_string(),
+                        not_before=cert.not_valid_before_utc.timestamp(), not_after=cert.not_valid_after_utc.timestamp(),
+                        der=cert.public_bytes(serialization.Encoding.DER), csr=None, challenge_id=phase1.id,
+                        transaction_id=None, now=now,
+                    )
+                    store.record_event(
+                        now=now, kind="phase 2", outcome="pkcs12 identity sent", user=phase1.bound_to, udid=udid,
+                        serial=serial_hex(cert.serial_number),
+                    )
+                    return phase1.bound_to
+
+            try:
+                user = await self._commit_phase2(commit, udid)
+            except DuplicateSerial:
+                continue
+            break
+        else:
+            raise Refusal(503, "could not draw an unused serial number; try again")
+        password = secrets.token_urlsafe(18)
+        # PBE-SHA1-3DES with a SHA-1 MAC: the PKCS#12 flavour every iOS and macOS version
+        # imports; AES/PBKDF2 PKCS#12 files are refused by older releases.
+        encryption = (
+            serialization.PrivateFormat.PKCS12.encryption_builder()
+            .kdf_rounds(2048)
+            .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+            .hmac_hash(hashes.SHA1())
+            .build(password.encode("ascii"))
         )
-        log.info("phase 2 done for {udid}", udid=udid, user=user, phase=2, outcome="scep payload sent")
-        return await self.sign(payloads.serialize(profile))
+        bundle = await self._crypto.run(
+            pkcs12.serialize_key_and_certificates, udid.encode(), key, cert, [self._authority.root.cert], encryption
+        )
+        payload = payloads.pkcs12_payload(
+            p12=bundle,
+            password=password,
+            identifier=f"{config.identifier}.enrollment.identity",
+            display_name="Device identity",
+            organization=config.organization,
+            description="The device identity that encrypted profiles are addressed to",
+        )
+        return payload, user
 
     def _scep_subject(self, attributes: Mapping[str, Any], user: str | None) -> list[list[list[str]]]:
         values = {name: _subject_value(str(attributes.get(name) or "")) for name in ("UDID", "SERIAL", "PRODUCT")}
@@ -205,3 +326,84 @@ class Enrollment:
             return payloads.parse_subject(string.Template(self._config.scep_subject).substitute(values))
         except ValueError as error:
             raise Refusal(400, f"cannot build the SCEP subject from the device attributes: {error}") from None
+
+    async def _phase3(self, signed: cms.Verified, base_url: str) -> bytes:
+        """A device signing with the identity otad issued gets its configuration, encrypted to that identity only."""
+        config = self._config
+        signer = signed.signer
+        serial = serial_hex(signer.serial_number)
+        record: CertificateRecord | None = await self._store.call(lambda store: store.certificate(serial))
+        if record is None or record.der != signer.public_bytes(serialization.Encoding.DER):
+            raise await self._refused(403, "the signing certificate is not one otad issued", phase=3)
+        try:
+            attributes = parse_device_attributes(signed.content)
+        except Refusal as refusal:
+            raise await self._refused(refusal.code, refusal.reason, phase=3)
+        udid: str = attributes["UDID"]
+        now = self._clock.seconds()
+        if record.revoked is not None:
+            raise await self._refused(403, f"the signing certificate {serial} is revoked", phase=3, udid=udid)
+        if not record.not_before <= now < record.not_after:
+            raise await self._refused(403, f"the signing certificate {serial} is expired or not yet valid", phase=3, udid=udid)
+        if record.udid != udid:
+            raise await self._refused(403, "the signing certificate is bound to another device", phase=3, udid=udid)
+        device = await self._store.call(lambda store: store.device(udid))
+        known: dict[str, Any] = dict(device.attributes) if device is not None else {}
+        known.update(attributes)
+        user = device.user if device is not None else None
+        if config.on_repeat == "redirect" and await self._store.call(lambda store: store.delivery_count(serial)):
+            await self._store.call(
+                lambda store: store.record_event(now=now, kind="phase 3", outcome="redirected", udid=udid, serial=serial)
+            )
+            raise RepeatRedirect("/enroll")
+        try:
+            template = templates.select(self._templates, known)
+        except templates.TemplateError as error:
+            raise await self._refused(403, f"no configuration for this device: {error}", phase=3, udid=udid)
+        token, digest = tokens.mint() if templates.needs_scep_challenge(template) else ("", b"")
+        values = {
+            "UDID": udid,
+            "SERIAL": str(known.get("SERIAL", "")),
+            "PRODUCT": str(known.get("PRODUCT", "")),
+            "VERSION": str(known.get("VERSION", "")),
+            "DEVICE_NAME": str(known.get("DEVICE_NAME", "")),
+            "USERNAME": user or "",
+            "SCEP_URL": f"{base_url}/scep",
+            "SCEP_CHALLENGE": token,
+            "INTRANET_URL": config.intranet_url,
+            "ORGANIZATION": config.organization,
+            "BASE_URL": base_url,
+        }
+        # The validator runs here: otad refuses to serve a payload array a device would reject.
+        content = payloads.serialize_payloads(templates.render(template, values))
+        envelope = await self._crypto.run(cms.encrypt, content, [signer], "aes256")
+        expiration = (
+            datetime.datetime.fromtimestamp(now + config.profile_expiration, datetime.timezone.utc)
+            if config.profile_expiration
+            else None
+        )
+        identifier = f"{config.identifier}.configuration"
+        profile = payloads.configuration_profile(
+            identifier=identifier,
+            organization=config.organization,
+            display_name=f"{config.organization} configuration",
+            description=f"Settings for this device from {config.organization}",
+            encrypted_content=envelope,
+            expiration_date=expiration,
+            removal_disallowed=config.removal_disallowed or None,
+        )
+        body = payloads.serialize(profile)
+
+        def commit(store: Store) -> None:
+            with store.transaction():
+                if digest:
+                    store.add_challenge(digest, "scep", udid, now=now, ttl=config.scep_challenge_ttl)
+                store.record_device(udid, user, known, now=now)
+                store.record_delivery(serial=serial, udid=udid, profile_identifier=identifier, template=template.name, now=now)
+                store.record_event(now=now, kind="phase 3", outcome="configuration sent", user=user, udid=udid, serial=serial,
+                                   reason=f"template {template.name}")
+
+        await self._store.call(commit)
+        log.info("phase 3: sent {template} to {udid}", template=template.name, udid=udid, serial=serial, phase=3,
+                 outcome="configuration sent")
+        return await self.sign(body)

@@ -294,6 +294,19 @@ class Store:
                 )
         return bool(changed)
 
+    # -- deliveries (phase 3) ------------------------------------------------------------------
+
+    def record_delivery(self, *, serial: str, udid: str, profile_identifier: str, template: str, now: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO deliveries (serial, udid, profile_identifier, template, at) VALUES (?, ?, ?, ?, ?)",
+                (serial, udid, profile_identifier, template, now),
+            )
+
+    def delivery_count(self, serial: str) -> int:
+        """How many configurations were delivered to the identity with this serial."""
+        return int(self._db.execute("SELECT COUNT(*) FROM deliveries WHERE serial = ?", (serial,)).fetchone()[0])
+
     # -- events ------------------------------------------------------------------------------
 
     def record_event(

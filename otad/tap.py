@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +28,7 @@ from otad.resources.scep import SCEPResource
 from otad.scep_responder import SCEPResponder
 from otad.resources.welcome import WelcomePage
 from otad.store import Store, StoreThread
+from otad.templates import DEFAULT_DIRECTORY, Template, load_templates
 from otad.users import HtpasswdChecker, create_first_user
 from otad.web import OtadSite
 
@@ -84,6 +86,11 @@ def complete_endpoint(description: str, authority: Authority) -> str:
     )
 
 
+def load_profile_templates(directory: Path | None) -> list[Template]:
+    """The configured phase-3 templates, or the shipped default; an invalid one stops the start."""
+    return load_templates(directory if directory is not None else DEFAULT_DIRECTORY)
+
+
 class OtadService(MultiService):
     """Bootstraps certificates and the store on worker threads, then starts listening.
 
@@ -131,9 +138,10 @@ class OtadService(MultiService):
         for line in lines:
             log.info("certificates: {line}", line=line)
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
+        profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
         first_password = await self.crypto.run(create_first_user, settings.htpasswd)
-        site = self.build_site(authority, DeviceTrust(settings.device_policy, anchors))
+        site = self.build_site(authority, DeviceTrust(settings.device_policy, anchors), profile_templates)
         urls = []
         for description in settings.listen:
             endpoint = endpoints.serverFromString(self._reactor, complete_endpoint(description, authority))
@@ -153,9 +161,9 @@ class OtadService(MultiService):
         for url in urls:
             log.info("otad listening on {url}/", url=url)
 
-    def build_site(self, authority: Authority, device_trust: DeviceTrust) -> OtadSite:
+    def build_site(self, authority: Authority, device_trust: DeviceTrust, profile_templates: list[Template]) -> OtadSite:
         settings = self.settings
-        enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor, device_trust)
+        enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor, device_trust, profile_templates)
         checker = HtpasswdChecker(settings.htpasswd, self.crypto.run)
         root = Root(
             {

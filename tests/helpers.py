@@ -53,7 +53,9 @@ def authority() -> Authority:
 class MemorySite:
     """The real resource tree over a temporary data directory, driven in memory by StubTreq with a fake clock."""
 
-    def __init__(self, directory: Path, *, policy: str = "strict", anchors: tuple[Any, ...] = (), organization: str = "Test Org") -> None:
+    def __init__(
+        self, directory: Path, *, policy: str = "strict", anchors: tuple[Any, ...] = (), organization: str = "Test Org", **settings: Any
+    ) -> None:
         from cryptography.hazmat.primitives import serialization
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
@@ -70,14 +72,20 @@ class MemorySite:
         from otad.web import OtadSite
 
         directory.mkdir(parents=True, exist_ok=True)
-        self.settings = config.load(None, {"data_dir": str(directory), "hostname": "otad.test"})
+        import dataclasses
+
+        self.settings = dataclasses.replace(config.load(None, {"data_dir": str(directory), "hostname": "otad.test"}), **settings)
         users.set_password(self.settings.htpasswd, b"alice", b"correct horse", rounds=4)
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.store = InlineStoreThread(self.settings.database)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
-        enrollment = Enrollment(self.settings, self.authority, self.store, pool, self.clock, DeviceTrust(policy, anchors))
+        from otad.templates import DEFAULT_DIRECTORY, load_templates
+
+        enrollment = Enrollment(
+            self.settings, self.authority, self.store, pool, self.clock, DeviceTrust(policy, anchors), load_templates(DEFAULT_DIRECTORY)
+        )
         checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
         root = Root(
             {

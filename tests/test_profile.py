@@ -175,15 +175,14 @@ class ProfilePhase2Tests(unittest.TestCase):
         self.assertIn("unknown challenge", events[0].reason)
         self.assertIsNone(self.successResultOf(self.memory.store.call(lambda store: store.device(UDID))))
 
-    def test_otad_identity_is_phase3(self) -> None:
-        """A request signed by a certificate otad's CA issued is phase 3: 501 until that is built."""
+    def test_otad_signed_but_not_issued_identity(self) -> None:
+        """A phase-3 request signed by a certificate of otad's CA that the store never issued to a device is 403."""
         from tests.fakedevice import sign_cms
 
         signer = self.memory.authority.tls
         body = sign_cms(plistlib.dumps({"UDID": UDID}), signer.cert, signer.key, digest="sha256", signed_attributes=(), certificates=[signer.cert])
         code, _, reason = self.post(body)
-        self.assertEqual(code, 501)
-        self.assertIn(b"phase 3", reason)
+        self.assertEqual((code, reason), (403, b"the signing certificate is not one otad issued\n"))
 
 
 class RealCaptureTests(unittest.TestCase):

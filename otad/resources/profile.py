@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.web.server import Request
 
-from otad.enrollment import Enrollment
+from otad.enrollment import Enrollment, RepeatRedirect
 from otad.resources.enroll import ASPEN_CONFIG
 from otad.web import MethodResource, Refusal, Reply, base_url, render_async
 
@@ -22,7 +22,12 @@ class ProfileRequest(MethodResource):
             if not body:
                 raise Refusal(400, "empty request body: expected a CMS signed device-attributes plist")
             url = base_url(request, self._public_url)
-            signed_profile = await self._enrollment.profile(body, url)
+            try:
+                signed_profile = await self._enrollment.profile(body, url)
+            except RepeatRedirect as redirect:
+                # Apple's sample server answers a repeat this way; [enrollment] on_repeat chooses it.
+                location = f"{url}{redirect}".encode("ascii")
+                return Reply(b"already enrolled: start again at /enroll\n", code=301, headers={b"location": location}, outcome="redirected")
             return Reply(signed_profile, ASPEN_CONFIG, outcome="profile sent")
 
         return render_async(request, answer)
