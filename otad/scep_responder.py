@@ -191,7 +191,8 @@ class SCEPResponder:
                 challenge = await self._store.call(lambda store: store.find_challenge(digest, _CHALLENGE_KINDS, now=now))
             except ChallengeRefused as error:
                 raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
-            udid = challenge.bound_to if challenge.kind == "scep" else None
+            # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
+            udid = challenge.bound_to
         lifetime = datetime.timedelta(seconds=self._config.cert_validity)
         issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
         for _ in range(_SERIAL_ATTEMPTS):

@@ -5,14 +5,22 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.hazmat.primitives import serialization
-from twisted.application.service import IService, MultiService
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    PredicateResult,
+    globalLogPublisher,
+    jsonFileLogObserver,
+)
 from twisted.python import usage
 
 from otad import config as configuration
@@ -86,6 +94,36 @@ def complete_endpoint(description: str, authority: Authority) -> str:
     )
 
 
+class JSONLogService(Service):
+    """Writes every log event as one JSON object per line to ``[server] json_log``, while running."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: IO[str] | None = None
+        self._observer: ILogObserver | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._file = open(self._path, "a", encoding="utf-8")
+        # The first-start password is shown once on the console, never kept in a log file.
+        self._observer = FilteringLogObserver(
+            jsonFileLogObserver(self._file, recordSeparator=""),
+            [lambda event: PredicateResult.no if "first_password" in event else PredicateResult.maybe],
+        )
+        globalLogPublisher.addObserver(self._observer)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+        if self._file is not None:
+            self._file.close()
+
+
+# Challenges are kept a day past expiry (so refusals can still say "expired"), then purged.
+PURGE_INTERVAL = 3600
+
+
 def load_profile_templates(directory: Path | None) -> list[Template]:
     """The configured phase-3 templates, or the shipped default; an invalid one stops the start."""
     return load_templates(directory if directory is not None else DEFAULT_DIRECTORY)
@@ -106,6 +144,8 @@ class OtadService(MultiService):
         self.crypto.setServiceParent(self)
         self.store = StoreThread(reactor, lambda: Store(settings.database))
         self.store.setServiceParent(self)
+        if settings.json_log is not None:
+            JSONLogService(settings.json_log).setServiceParent(self)
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[None] | None = None
 
@@ -140,6 +180,7 @@ class OtadService(MultiService):
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
+        TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
         first_password = await self.crypto.run(create_first_user, settings.htpasswd)
         site = self.build_site(authority, DeviceTrust(settings.device_policy, anchors), profile_templates)
         urls = []
@@ -160,6 +201,13 @@ class OtadService(MultiService):
             )
         for url in urls:
             log.info("otad listening on {url}/", url=url)
+
+    def _purge(self) -> Deferred[None]:
+        now = self._reactor.seconds()
+        purging = self.store.call(lambda store: store.purge_challenges(now=now))
+        purging.addCallback(lambda count: log.info("purged {count} expired challenges", count=count) if count else None)
+        # Never let a failure reach TimerService, which would stop purging for good.
+        return purging.addErrback(lambda failure: log.failure("purging expired challenges failed", failure=failure))
 
     def build_site(self, authority: Authority, device_trust: DeviceTrust, profile_templates: list[Template]) -> OtadSite:
         settings = self.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import plistlib
 import ssl
 from pathlib import Path
@@ -175,6 +176,29 @@ class DaemonTests(unittest.TestCase):
 
             answer = await deferToThread(exchange)
             self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:100])
+
+        return ensureDeferred(run())
+
+    def test_json_log(self) -> None:
+        """With json_log set, each request is a JSON line with path, code, outcome and ms, and the password is not kept."""
+
+        async def run() -> None:
+            folder = Path(self.mktemp()).absolute()
+            folder.mkdir()
+            config = folder / "otad.conf"
+            config.write_text(f"[server]\njson_log = {folder / 'events.jsonl'}\n")
+            daemon = self.new_daemon(folder, ("--config", str(config)))
+            await daemon.start()
+            response = await daemon.client().get(daemon.url("/nope"))
+            await response.content()
+            await daemon.stop()
+            events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+            requests = [event for event in events if event.get("path") == "/nope"]
+            self.assertEqual(len(requests), 1)
+            self.assertEqual((requests[0]["code"], requests[0]["method"]), (404, "GET"))
+            self.assertIn("ms", requests[0])
+            self.assertIn("refused", requests[0]["outcome"])
+            self.assertNotIn(daemon.first_password, (folder / "events.jsonl").read_text())
 
         return ensureDeferred(run())
 

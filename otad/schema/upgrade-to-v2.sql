@@ -11,7 +11,9 @@ CREATE TABLE devices (
 CREATE TABLE certificates (
     -- lower-case hex, no leading zeros: random 64+ bit serials don't fit SQLite's INTEGER
     serial TEXT PRIMARY KEY,
-    udid TEXT REFERENCES devices (udid),
+    -- the device binding; no foreign key, because admin (static) challenges may bind a UDID
+    -- that never enrolled over the air
+    udid TEXT,
     subject TEXT NOT NULL,
     not_before REAL NOT NULL,
     not_after REAL NOT NULL,
