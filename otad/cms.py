@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import ClassVar
 
-from asn1crypto import algos, cms, core  # type: ignore[import-untyped]
+from asn1crypto import algos, cms, core, parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -135,11 +135,11 @@ class Decrypted:
     cipher: str
 
 
-class _AnyValues(core.SetOf):  # type: ignore[misc]
+class _AnyValues(core.SetOf):
     _child_spec: ClassVar[type] = core.Any
 
 
-class _Attribute(core.Sequence):  # type: ignore[misc]
+class _Attribute(core.Sequence):
     # asn1crypto decodes the values of attribute types it knows, and may fail lazily
     # on them; this spec keeps every value as the raw bytes that were received.
     _fields: ClassVar[list[tuple[str, type]]] = [
@@ -148,7 +148,7 @@ class _Attribute(core.Sequence):  # type: ignore[misc]
     ]
 
 
-class _Attributes(core.SetOf):  # type: ignore[misc]
+class _Attributes(core.SetOf):
     _child_spec: ClassVar[type] = _Attribute
 
 
@@ -769,8 +769,7 @@ def decrypt(der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Decry
         if recipient["key_encryption_algorithm"]["algorithm"].dotted != _RSA_ENCRYPTION:
             raise CMSError("unsupported key transport algorithm")
         encrypted_key = recipient["encrypted_key"].native
-        content_info = enveloped["encrypted_content_info"]
-        algorithm = content_info["content_encryption_algorithm"]
+        algorithm, ciphertext = _encrypted_content_info(enveloped["encrypted_content_info"].contents)
         cipher = _CIPHER_BY_OID.get(algorithm["algorithm"].dotted)
         if cipher is None:
             raise CMSError("unsupported content encryption algorithm")
@@ -778,13 +777,45 @@ def decrypt(der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Decry
         if isinstance(parameters, core.Void):
             raise CMSError("content encryption algorithm lacks an IV")
         iv = core.OctetString.load(parameters.dump(), strict=True).native
-        if isinstance(content_info["encrypted_content"], core.Void):
+        if ciphertext is None:
             raise CMSError("EnvelopedData has no encrypted content")
-        ciphertext = bytes(content_info["encrypted_content"])
     return Decrypted(
         content=_decrypt_content(cipher, key, encrypted_key, iv, ciphertext),
         cipher=cipher,
     )
+
+
+def _elements(data: bytes) -> Iterator[tuple[int, int, int, bytes, bytes]]:
+    """(class, constructed, tag, whole encoding, contents) of each BER element in ``data``, in order."""
+    position = 0
+    while position < len(data):
+        klass, method, tag, header, contents, trailer = parser.parse(data[position:])
+        whole = header + contents + trailer
+        yield klass, method, tag, whole, contents
+        position += len(whole)
+
+
+def _octet_string_bytes(constructed: int, contents: bytes) -> bytes:
+    """The bytes of an OCTET STRING in either BER form: primitive, or constructed from nested pieces."""
+    if not constructed:
+        return contents
+    return b"".join(_octet_string_bytes(method, inner) for _, method, _, _, inner in _elements(contents))
+
+
+def _encrypted_content_info(contents: bytes) -> tuple[algos.EncryptionAlgorithm, bytes | None]:
+    """Read EncryptedContentInfo by hand: asn1crypto refuses a constructed ``[0] encryptedContent``.
+
+    Go's pkcs7 (micromdm's scepclient) sends exactly that valid BER form, as do streaming encoders.
+    """
+    fields = list(_elements(contents))
+    if len(fields) < 2:
+        raise CMSError("malformed EnvelopedData")
+    algorithm = algos.EncryptionAlgorithm.load(fields[1][3])
+    ciphertext = None
+    for klass, method, tag, _, inner in fields[2:]:
+        if klass == 2 and tag == 0:  # [0] IMPLICIT encryptedContent
+            ciphertext = _octet_string_bytes(method, inner)
+    return algorithm, ciphertext
 
 
 def _decrypt_content(

@@ -10,9 +10,9 @@ import configparser
 import re
 import socket
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 

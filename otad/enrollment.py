@@ -11,12 +11,13 @@ import plistlib
 import re
 import secrets
 import string
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -161,9 +162,9 @@ class Enrollment:
         try:
             signed = await self._crypto.run(cms.verify, body)
         except cms.SignatureInvalid as error:
-            raise await self._refused(403, f"the request's signature is invalid: {error}", phase=2)
+            raise await self._refused(403, f"the request's signature is invalid: {error}", phase=2) from None
         except cms.CMSError as error:
-            raise await self._refused(400, f"not a CMS signed request: {error}", phase=2)
+            raise await self._refused(400, f"not a CMS signed request: {error}", phase=2) from None
         phase = 3 if self._issued_by_otad(signed.signer) else 2
         try:
             if phase == 3:
@@ -179,15 +180,15 @@ class Enrollment:
         try:
             warning = self._device_trust.check(signed)
         except cms.CMSError as error:
-            raise await self._refused(403, f"the signer is not a trusted device identity: {error}", phase=2)
+            raise await self._refused(403, f"the signer is not a trusted device identity: {error}", phase=2) from None
         try:
             attributes = parse_device_attributes(signed.content)
         except Refusal as refusal:
-            raise await self._refused(refusal.code, refusal.reason, phase=2)
+            raise await self._refused(refusal.code, refusal.reason, phase=2) from None
         udid: str = attributes["UDID"]
         challenge = _challenge_text(attributes.pop("CHALLENGE", None))
         if challenge is None:
-            raise await self._refused(403, "the device attributes carry no challenge", phase=2, udid=udid)
+            raise await self._refused(403, "the device attributes carry no challenge", phase=2, udid=udid) from None
         now = self._clock.seconds()
         if warning is not None:
             await self._store.call(
@@ -242,7 +243,7 @@ class Enrollment:
         try:
             return await self._store.call(commit)
         except ChallengeRefused as error:
-            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid)
+            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
 
     async def _pkcs12_identity(
         self, attributes: dict[str, Any], challenge: str, udid: str, now: float
@@ -257,16 +258,16 @@ class Enrollment:
         try:
             await self._store.call(lambda store: store.find_challenge(tokens.digest(challenge), ("enroll",), now=now))
         except ChallengeRefused as error:
-            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid)
+            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
         key = await self._crypto.run(generate_key, config.keysize)
         subject_rdns = self._scep_subject(attributes, None)
         subject = x509.Name([x509.RelativeDistinguishedName([_name_attribute(name, value) for name, value in rdn]) for rdn in subject_rdns])
-        issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         lifetime = datetime.timedelta(seconds=config.cert_validity)
         for _ in range(4):
             serial = x509.random_serial_number()
             cert = await self._crypto.run(
-                lambda: issue_client_certificate(
+                lambda serial=serial: issue_client_certificate(
                     self._authority.root, key.public_key(), subject, x509.Extensions([]),
                     udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
                 )
@@ -334,24 +335,25 @@ class Enrollment:
         serial = serial_hex(signer.serial_number)
         record: CertificateRecord | None = await self._store.call(lambda store: store.certificate(serial))
         if record is None or record.der != signer.public_bytes(serialization.Encoding.DER):
-            raise await self._refused(403, "the signing certificate is not one otad issued", phase=3)
+            raise await self._refused(403, "the signing certificate is not one otad issued", phase=3) from None
         try:
             attributes = parse_device_attributes(signed.content)
         except Refusal as refusal:
-            raise await self._refused(refusal.code, refusal.reason, phase=3)
+            raise await self._refused(refusal.code, refusal.reason, phase=3) from None
         udid: str = attributes["UDID"]
         now = self._clock.seconds()
         if record.revoked is not None:
-            raise await self._refused(403, f"the signing certificate {serial} is revoked", phase=3, udid=udid)
+            raise await self._refused(403, f"the signing certificate {serial} is revoked", phase=3, udid=udid) from None
         if not record.not_before <= now < record.not_after:
-            raise await self._refused(403, f"the signing certificate {serial} is expired or not yet valid", phase=3, udid=udid)
+            raise await self._refused(403, f"the signing certificate {serial} is expired or not yet valid", phase=3, udid=udid) from None
         if record.udid != udid:
-            raise await self._refused(403, "the signing certificate is bound to another device", phase=3, udid=udid)
+            raise await self._refused(403, "the signing certificate is bound to another device", phase=3, udid=udid) from None
         device = await self._store.call(lambda store: store.device(udid))
         known: dict[str, Any] = dict(device.attributes) if device is not None else {}
         known.update(attributes)
         user = device.user if device is not None else None
-        if config.on_repeat == "redirect" and await self._store.call(lambda store: store.delivery_count(serial)):
+        delivered: int = await self._store.call(lambda store: store.delivery_count(serial))
+        if config.on_repeat == "redirect" and delivered:
             await self._store.call(
                 lambda store: store.record_event(now=now, kind="phase 3", outcome="redirected", udid=udid, serial=serial)
             )
@@ -359,7 +361,7 @@ class Enrollment:
         try:
             template = templates.select(self._templates, known)
         except templates.TemplateError as error:
-            raise await self._refused(403, f"no configuration for this device: {error}", phase=3, udid=udid)
+            raise await self._refused(403, f"no configuration for this device: {error}", phase=3, udid=udid) from None
         token, digest = tokens.mint() if templates.needs_scep_challenge(template) else ("", b"")
         values = {
             "UDID": udid,
@@ -378,7 +380,7 @@ class Enrollment:
         content = payloads.serialize_payloads(templates.render(template, values))
         envelope = await self._crypto.run(cms.encrypt, content, [signer], "aes256")
         expiration = (
-            datetime.datetime.fromtimestamp(now + config.profile_expiration, datetime.timezone.utc)
+            datetime.datetime.fromtimestamp(now + config.profile_expiration, datetime.UTC)
             if config.profile_expiration
             else None
         )

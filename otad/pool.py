@@ -6,7 +6,8 @@ for RSA, CMS and bcrypt work (cryptography >= 47 releases the GIL during RSA ope
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred

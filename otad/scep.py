@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
-from asn1crypto import core  # type: ignore[import-untyped]
+from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -122,22 +122,22 @@ class CSRInfo:
     version: int
 
 
-class _AnyValues(core.SetOf):  # type: ignore[misc]
+class _AnyValues(core.SetOf):
     _child_spec: ClassVar[type] = core.Any
 
 
-class _Attribute(core.Sequence):  # type: ignore[misc]
+class _Attribute(core.Sequence):
     _fields: ClassVar[list[tuple[str, type]]] = [
         ("type", core.ObjectIdentifier),
         ("values", _AnyValues),
     ]
 
 
-class _Attributes(core.SetOf):  # type: ignore[misc]
+class _Attributes(core.SetOf):
     _child_spec: ClassVar[type] = _Attribute
 
 
-class _RequestInfo(core.Sequence):  # type: ignore[misc]
+class _RequestInfo(core.Sequence):
     # Only what asn1crypto must decode here; cryptography reads the subject, key and
     # extensions, and the attribute values stay raw so every string type is accepted.
     _fields: ClassVar[list[tuple[str, type, dict[str, int]]]] = [
@@ -148,7 +148,7 @@ class _RequestInfo(core.Sequence):  # type: ignore[misc]
     ]
 
 
-class _Request(core.Sequence):  # type: ignore[misc]
+class _Request(core.Sequence):
     _fields: ClassVar[list[tuple[str, type]]] = [
         ("certification_request_info", _RequestInfo),
         ("signature_algorithm", core.Any),
@@ -156,26 +156,26 @@ class _Request(core.Sequence):  # type: ignore[misc]
     ]
 
 
-class _TypeAndValue(core.Sequence):  # type: ignore[misc]
+class _TypeAndValue(core.Sequence):
     _fields: ClassVar[list[tuple[str, type]]] = [
         ("type", core.ObjectIdentifier),
         ("value", core.Any),
     ]
 
 
-class _RelativeName(core.SetOf):  # type: ignore[misc]
+class _RelativeName(core.SetOf):
     _child_spec: ClassVar[type] = _TypeAndValue
 
 
-class _Name(core.SequenceOf):  # type: ignore[misc]
+class _Name(core.SequenceOf):
     _child_spec: ClassVar[type] = _RelativeName
 
 
-class _IssuerAndSubject(core.Sequence):  # type: ignore[misc]
+class _IssuerAndSubject(core.Sequence):
     _fields: ClassVar[list[tuple[str, type]]] = [("issuer", _Name), ("subject", _Name)]
 
 
-class _IssuerAndSerial(core.Sequence):  # type: ignore[misc]
+class _IssuerAndSerial(core.Sequence):
     _fields: ClassVar[list[tuple[str, type]]] = [
         ("issuer", _Name),
         ("serial_number", core.Integer),

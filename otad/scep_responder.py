@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from cryptography import x509
@@ -96,26 +97,26 @@ class SCEPResponder:
             transaction=message.transaction_id,
         )
         cipher = "aes256"
+        # Answer with the key the client encrypted to: a client that pinned the CA (scepclient
+        # with -ca-fingerprint) checks the reply against the CA alone, one that used the RA against the RA.
+        responder = self._responder
         try:
-            if message.message_type in (scep.MessageType.PKCSReq, scep.MessageType.RenewalReq):
-                opened = await self._open(message)
-                cipher = _reply_cipher(opened.cipher)
-                decision = await self._enroll(message, opened.content, opened.cipher)
-            elif message.message_type == scep.MessageType.CertPoll:
-                opened = await self._open(message)
-                cipher = _reply_cipher(opened.cipher)
+            if message.message_type not in (
+                scep.MessageType.PKCSReq, scep.MessageType.RenewalReq, scep.MessageType.CertPoll, scep.MessageType.GetCert
+            ):
+                raise _Failure(scep.FailInfo.badRequest, f"unsupported messageType {message.message_type}")
+            opened, responder = await self._open(message)
+            cipher = _reply_cipher(opened.cipher)
+            if message.message_type == scep.MessageType.CertPoll:
                 decision = await self._poll(message)
             elif message.message_type == scep.MessageType.GetCert:
-                opened = await self._open(message)
-                cipher = _reply_cipher(opened.cipher)
                 decision = await self._get_cert(opened.content)
             else:
-                raise _Failure(scep.FailInfo.badRequest, f"unsupported messageType {message.message_type}")
+                decision = await self._enroll(message, opened.content, opened.cipher)
         except _Failure as failure:
             await self._event("refused", transaction=message.transaction_id, reason=failure.reason)
             log.info("SCEP request refused: {reason}", reason=failure.reason, transaction=message.transaction_id, outcome="refused")
             decision = _Decision(scep.PKIStatus.FAILURE, fail_info=failure.fail_info)
-        responder = self._responder
         return await self._crypto.run(
             lambda: scep.build_cert_rep(
                 request=message,
@@ -129,7 +130,7 @@ class SCEPResponder:
             )
         )
 
-    async def _open(self, message: scep.PKIMessage) -> cms.Decrypted:
+    async def _open(self, message: scep.PKIMessage) -> tuple[cms.Decrypted, Identity]:
         """Decrypt the envelope with the RA key, or the CA key for clients that encrypted to the CA."""
         candidates = [self._responder]
         if self._responder is not self._authority.root:
@@ -139,8 +140,9 @@ class SCEPResponder:
                 opened = await self._crypto.run(scep.open_envelope, message, identity.cert, identity.key)
             except (cms.CMSError, scep.SCEPError):
                 continue
-            log.info("SCEP envelope cipher {cipher}", cipher=opened.cipher, transaction=message.transaction_id)
-            return opened
+            log.info("SCEP envelope cipher {cipher}, to the {who}", cipher=opened.cipher, transaction=message.transaction_id,
+                     who="CA" if identity is self._authority.root else "RA")
+            return opened, identity
         raise _Failure(scep.FailInfo.badMessageCheck, "cannot decrypt the request's envelope")
 
     def _now(self) -> float:
@@ -175,7 +177,8 @@ class SCEPResponder:
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise _Failure(scep.FailInfo.badAlg, "only RSA keys are accepted")
         if public_key.key_size < self._config.min_key_size:
-            raise _Failure(scep.FailInfo.badRequest, f"RSA key of {public_key.key_size} bits is below the minimum {self._config.min_key_size}")
+            minimum = self._config.min_key_size
+            raise _Failure(scep.FailInfo.badRequest, f"RSA key of {public_key.key_size} bits is below the minimum {minimum}")
         now = self._now()
         renewing = await self._renewal_source(message)
         if message.message_type == scep.MessageType.RenewalReq and renewing is None:
@@ -194,17 +197,18 @@ class SCEPResponder:
             # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
             udid = challenge.bound_to
         lifetime = datetime.timedelta(seconds=self._config.cert_validity)
-        issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         for _ in range(_SERIAL_ATTEMPTS):
             serial = x509.random_serial_number()
             cert = await self._crypto.run(
-                lambda: issue_client_certificate(
+                lambda serial=serial: issue_client_certificate(
                     self._authority.root, public_key, csr.subject, csr.extensions,
                     udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
                 )
             )
             try:
-                await self._store.call(lambda store: self._record(store, cert, csr.der, digest, udid, message, now, renewing))
+                await self._store.call(partial(self._record, cert=cert, csr=csr.der, digest=digest, udid=udid,
+                                               message=message, now=now, renewing=renewing))
             except DuplicateSerial:
                 continue
             except ChallengeRefused as error:
@@ -220,7 +224,7 @@ class SCEPResponder:
 
     @staticmethod
     def _record(
-        store: Store, cert: x509.Certificate, csr: bytes, digest: bytes | None, udid: str | None,
+        store: Store, *, cert: x509.Certificate, csr: bytes, digest: bytes | None, udid: str | None,
         message: scep.PKIMessage, now: float, renewing: CertificateRecord | None,
     ) -> None:
         """Use the challenge and record the certificate in one transaction (runs on the store thread)."""

@@ -15,13 +15,16 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
+    LogEvent,
     Logger,
     PredicateResult,
     globalLogPublisher,
     jsonFileLogObserver,
 )
 from twisted.python import usage
+from zope.interface import provider
 
 from otad import config as configuration
 from otad.ca import Authority, bootstrap
@@ -33,8 +36,8 @@ from otad.resources.enroll import enroll_resource
 from otad.resources.profile import ProfileRequest
 from otad.resources.root import Root
 from otad.resources.scep import SCEPResource
-from otad.scep_responder import SCEPResponder
 from otad.resources.welcome import WelcomePage
+from otad.scep_responder import SCEPResponder
 from otad.store import Store, StoreThread
 from otad.templates import DEFAULT_DIRECTORY, Template, load_templates
 from otad.users import HtpasswdChecker, create_first_user
@@ -94,6 +97,11 @@ def complete_endpoint(description: str, authority: Authority) -> str:
     )
 
 
+@provider(ILogFilterPredicate)
+def _without_first_password(event: LogEvent) -> PredicateResult:
+    return PredicateResult.no if "first_password" in event else PredicateResult.maybe
+
+
 class JSONLogService(Service):
     """Writes every log event as one JSON object per line to ``[server] json_log``, while running."""
 
@@ -108,7 +116,7 @@ class JSONLogService(Service):
         # The first-start password is shown once on the console, never kept in a log file.
         self._observer = FilteringLogObserver(
             jsonFileLogObserver(self._file, recordSeparator=""),
-            [lambda event: PredicateResult.no if "first_password" in event else PredicateResult.maybe],
+            [_without_first_password],
         )
         globalLogPublisher.addObserver(self._observer)
 
@@ -155,7 +163,8 @@ class OtadService(MultiService):
         self.ready.addErrback(self._failed)
 
     def _failed(self, failure: Any) -> None:
-        log.critical("otad cannot start: {reason}", reason=str(failure.value).splitlines()[0] if str(failure.value) else failure.type.__name__)
+        text = str(failure.value)
+        log.critical("otad cannot start: {reason}", reason=text.splitlines()[0] if text else failure.type.__name__)
         if self._reactor.running:
             self._reactor.stop()
         return None
@@ -171,7 +180,7 @@ class OtadService(MultiService):
                 organization=settings.organization,
                 common_name=settings.ca_common_name,
                 ca_key_size=settings.ca_key_size,
-                now=datetime.datetime.now(datetime.timezone.utc),
+                now=datetime.datetime.now(datetime.UTC),
                 report=lines.append,
             )
         )
@@ -202,7 +211,7 @@ class OtadService(MultiService):
         for url in urls:
             log.info("otad listening on {url}/", url=url)
 
-    def _purge(self) -> Deferred[None]:
+    def _purge(self) -> Deferred[object]:
         now = self._reactor.seconds()
         purging = self.store.call(lambda store: store.purge_challenges(now=now))
         purging.addCallback(lambda count: log.info("purged {count} expired challenges", count=count) if count else None)
@@ -227,7 +236,9 @@ class OtadService(MultiService):
     async def _stop_listening(self) -> None:
         ports, self.ports = self.ports, []
         for port in ports:
-            await port.stopListening()
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
 
     def stopService(self) -> Deferred[None]:
         stopping = ensureDeferred(self._stop_listening())

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import bcrypt
 from twisted.cred.checkers import ICredentialsChecker
@@ -119,7 +120,7 @@ class HtpasswdChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, path: Path, run: Callable[..., Deferred[bytes]]) -> None:
+    def __init__(self, path: Path, run: Callable[..., Deferred[Any]]) -> None:
         self._path = path
         self._run = run
         self._lock = threading.Lock()
@@ -153,7 +154,7 @@ class HtpasswdChecker:
             raise UnauthorizedLogin("unknown user or wrong password")
         return name
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
         name, password = credentials.username, credentials.password
         if isinstance(name, str):
             name = name.encode("utf-8")

@@ -8,11 +8,11 @@ never writes after the client has gone.
 from __future__ import annotations
 
 import re
-import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import IO, Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -160,22 +160,22 @@ class OtadRequest(Request):
         self._too_large = False
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body:
-            self._too_large = True
-            self.content: IO[bytes] = BytesIO()
-            return
         # Bodies are capped at max_body, so memory is the right place for them.
-        self.content = BytesIO() if length is not None else tempfile.SpooledTemporaryFile(self.max_body)
+        self._body = BytesIO()
+        self.content = self._body  # type: ignore[assignment]
+        self._too_large = length is not None and length > self.max_body
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._too_large:
             return
         self._body_size += len(data)
         if self._body_size > self.max_body:
+            # Throw away what was kept; the rest is ignored as it arrives and answered 413.
             self._too_large = True
-            self.content = BytesIO()
+            self._body.seek(0)
+            self._body.truncate()
             return
-        self.content.write(data)
+        self._body.write(data)
 
     def process(self) -> None:
         if self._too_large:
@@ -195,6 +195,7 @@ class OtadChannel(http.HTTPChannel):
 
     def _refuse_and_close(self, status: bytes, reason: bytes) -> None:
         body = reason + b"\n"
+        assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -219,14 +220,14 @@ class OtadSite(Site):
     """The site: builds OtadRequests with the configured cap and logs every request as a structured event."""
 
     requestFactory = OtadRequest
-    protocol = OtadChannel
+    protocol = OtadChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Resource, max_body: int, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.max_body = max_body
         self.displayTracebacks = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         path = _SAFE_PATH.sub("?", request.path.decode("latin-1"))[:200]
         log.info(
             "{method} {path} {code} {outcome} user={user} {ms}ms",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 import functools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
@@ -15,7 +16,7 @@ from otad.pool import WorkerPool
 from otad.store import Store, StoreThread
 
 T = TypeVar("T")
-NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC)
 
 
 class InlinePool(WorkerPool):
@@ -35,7 +36,7 @@ class InlineStoreThread(StoreThread):
         self.open()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def authority() -> Authority:
     """One bootstrapped CA for the whole test run (RSA key generation is slow)."""
     directory = Path(tempfile.mkdtemp(prefix="otad-test-ca-"))
@@ -45,7 +46,7 @@ def authority() -> Authority:
         organization="Test Org",
         common_name="Test Org otad Root CA",
         ca_key_size=3072,
-        now=datetime.datetime.now(datetime.timezone.utc),
+        now=datetime.datetime.now(datetime.UTC),
         report=lambda line: None,
     )
 

@@ -689,6 +689,29 @@ class EnvelopeTests(_Base):
             "-inkey", f["signer_key"], "-binary",
         )  # fmt: skip
 
+    def test_decrypts_constructed_encrypted_content(self) -> None:
+        """A BER envelope whose [0] encryptedContent is constructed from OCTET STRING pieces (as Go's pkcs7 sends) decrypts."""
+        from asn1crypto import cms as asn1_cms
+
+        _, signer, _ = _pki()
+        der = cms.encrypt(CONTENT * 10, [signer.cert], "aes128")
+        info = asn1_cms.ContentInfo.load(der)["content"]["encrypted_content_info"]
+        ciphertext = info["encrypted_content"].native
+
+        def tlv(tag: int, body: bytes) -> bytes:
+            length = len(body)
+            encoded = bytes([length]) if length < 128 else bytes([0x80 | ((length.bit_length() + 7) // 8)]) + length.to_bytes(
+                (length.bit_length() + 7) // 8, "big"
+            )
+            return bytes([tag]) + encoded + body
+
+        pieces = tlv(0x04, ciphertext[:16]) + tlv(0x04, ciphertext[16:])
+        constructed = tlv(0x30, info["content_type"].dump() + info["content_encryption_algorithm"].dump() + tlv(0xA0, pieces))
+        enveloped = asn1_cms.ContentInfo.load(der)["content"]
+        body = enveloped["version"].dump() + enveloped["recipient_infos"].dump() + constructed
+        rebuilt = tlv(0x30, asn1_cms.ContentInfo.load(der)["content_type"].dump() + tlv(0xA0, tlv(0x30, body)))
+        self.assertEqual(cms.decrypt(rebuilt, signer.cert, signer.key), cms.Decrypted(CONTENT * 10, "aes128"))
+
     def openssl_encrypt(self, *options: str | Path) -> bytes:
         f = self.identity_files()
         return _must(

@@ -22,7 +22,7 @@ from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
 from tests.fakedevice import FakeDevice, UnexpectedResponse
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def apple() -> FakeAppleHierarchy:
     return FakeAppleHierarchy.create()
 

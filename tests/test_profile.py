@@ -22,7 +22,7 @@ DATA = Path(__file__).parent / "data"
 UDID = "0000FAKE-0011223344556677"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def apple() -> FakeAppleHierarchy:
     return FakeAppleHierarchy.create()
 
@@ -180,7 +180,9 @@ class ProfilePhase2Tests(unittest.TestCase):
         from tests.fakedevice import sign_cms
 
         signer = self.memory.authority.tls
-        body = sign_cms(plistlib.dumps({"UDID": UDID}), signer.cert, signer.key, digest="sha256", signed_attributes=(), certificates=[signer.cert])
+        body = sign_cms(
+            plistlib.dumps({"UDID": UDID}), signer.cert, signer.key, digest="sha256", signed_attributes=(), certificates=[signer.cert]
+        )
         code, _, reason = self.post(body)
         self.assertEqual((code, reason), (403, b"the signing certificate is not one otad issued\n"))
 

@@ -50,9 +50,9 @@ class EnrollRealm:
         self._enrollment = enrollment
         self._public_url = public_url
 
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
-        if IResource not in interfaces:
-            raise NotImplementedError("otad only hands out web resources")
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
+        if IResource not in interfaces or not isinstance(avatarId, bytes):
+            raise NotImplementedError("otad only hands out web resources to named users")
         user = avatarId.decode("utf-8", "replace")
         return IResource, EnrollPage(user, self._enrollment, self._public_url), lambda: None
 

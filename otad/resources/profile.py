@@ -16,6 +16,7 @@ class ProfileRequest(MethodResource):
         self._public_url = public_url
 
     def render_POST(self, request: Request) -> object:
+        assert request.content is not None
         body = request.content.read()
 
         async def answer() -> Reply:

@@ -70,6 +70,7 @@ class SCEPResource(MethodResource):
         return render_async(request, answer)
 
     def render_POST(self, request: Request) -> object:
+        assert request.content is not None
         body = request.content.read()
 
         def answer() -> object:
@@ -80,7 +81,7 @@ class SCEPResource(MethodResource):
                 raise Refusal(400, "empty PKIOperation body")
             return self._pki(body, "POST")
 
-        return render_async(request, answer)  # type: ignore[arg-type]
+        return render_async(request, answer)
 
     async def _pki(self, message: bytes, transport: str) -> Reply:
         cert_rep = await self._responder.pki_operation(message, transport)
