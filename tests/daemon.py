@@ -6,8 +6,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import treq
 from twisted.internet import reactor as global_reactor

@@ -23,13 +23,13 @@ def _bootstrap(directory: Path, hostname: str = "otad.test", now: datetime.datet
         organization="Test Org",
         common_name="Test Root",
         ca_key_size=3072,
-        now=now or datetime.datetime.now(datetime.timezone.utc),
+        now=now or datetime.datetime.now(datetime.UTC),
         report=lines.append,
     )
     return authority, lines
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _first_start() -> tuple[Path, ca.Authority, list[str]]:
     """One bootstrap shared by the tests below, which work on copies of its directory."""
     template = Path(tempfile.mkdtemp(prefix="otad-test-")) / "certs"
@@ -132,7 +132,7 @@ class BootstrapTests(unittest.TestCase):
     def test_tls_renewed_before_expiry(self) -> None:
         """Near its expiry the TLS certificate is renewed (same key), and the renewal is reported."""
         directory = self.copy()
-        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=820)
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=820)
         authority, lines = _bootstrap(directory, now=later)
         self.assertGreater(authority.tls.cert.not_valid_after_utc, later + datetime.timedelta(days=800))
         self.assertEqual(authority.tls.key.public_key(), self.authority.tls.key.public_key())
