@@ -363,24 +363,41 @@ def issue_client_certificate(
     serial: int,
     now: datetime.datetime,
     lifetime: datetime.timedelta,
+    allowed_usage: Sequence[str] = ("digitalSignature", "keyEncipherment"),
+    copy_names: bool = False,
 ) -> x509.Certificate:
     """A client-authentication certificate for a SCEP request.
 
-    Key usage is what the request asked for within digitalSignature and keyEncipherment (both
-    when it asked for neither); requested SANs are not copied, so a client can't claim names;
-    the UDID binding, when there is one, goes into a SAN URI.
+    Key usage is what the request asked for within ``allowed_usage`` (all of it when it asked
+    for none of those); requested SANs are copied only with ``copy_names``, and never a UDID
+    URI, which only otad writes: the device binding, when there is one.
     """
     try:
         asked = requested.get_extension_for_class(x509.KeyUsage).value
-        signature, encipherment = asked.digital_signature, asked.key_encipherment
+        wanted = {"digitalSignature": asked.digital_signature, "keyEncipherment": asked.key_encipherment}
     except x509.ExtensionNotFound:
-        signature = encipherment = False
-    if not (signature or encipherment):
-        signature = encipherment = True
+        wanted = {}
+    granted = {usage for usage in allowed_usage if wanted.get(usage)} or set(allowed_usage)
     extensions: list[tuple[x509.ExtensionType, bool]] = [
-        (_key_usage(digital_signature=signature, key_encipherment=encipherment), True),
+        (
+            _key_usage(digital_signature="digitalSignature" in granted, key_encipherment="keyEncipherment" in granted),
+            True,
+        ),
         (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
     ]
+    names: list[x509.GeneralName] = []
+    if copy_names:
+        try:
+            requested_names = requested.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            requested_names = x509.SubjectAlternativeName([])
+        names.extend(
+            name
+            for name in requested_names
+            if not (isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(UDID_URI_PREFIX))
+        )
     if udid is not None:
-        extensions.append((x509.SubjectAlternativeName([x509.UniformResourceIdentifier(UDID_URI_PREFIX + udid)]), False))
+        names.append(x509.UniformResourceIdentifier(UDID_URI_PREFIX + udid))
+    if names:
+        extensions.append((x509.SubjectAlternativeName(names), False))
     return issue(issuer, public_key, subject, now=now, lifetime=lifetime, extensions=extensions, serial=serial)

@@ -113,6 +113,17 @@ def _subject_template(text: str) -> str:
     return value
 
 
+KEY_USAGES = ("digitalSignature", "keyEncipherment")
+
+
+def _key_usages(text: str) -> tuple[str, ...]:
+    values = tuple(text.split())
+    unknown = [value for value in values if value not in KEY_USAGES]
+    if unknown or not values:
+        raise ValueError(f"must be one or both of {', '.join(KEY_USAGES)}")
+    return values
+
+
 def _nonempty(text: str) -> str:
     value = text.strip()
     if not value:
@@ -168,6 +179,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "min_key_size": (_int_in(1024, 2048, 3072, 4096), "2048"),
         "allow_legacy_1024": (_boolean, "no"),
         "ca_cert_format": (_choice("ca-ra", "ca"), "ca-ra"),
+        "key_usage": (_key_usages, "digitalSignature keyEncipherment"),
+        "subject_alt_names": (_choice("drop", "copy"), "drop"),
     },
     "device": {
         "policy": (_choice("strict", "log", "off"), "strict"),
@@ -212,6 +225,8 @@ class Config:
     cert_validity: int = 365 * 86400
     min_key_size: int = 2048
     ca_cert_format: str = "ca-ra"
+    allowed_key_usage: tuple[str, ...] = KEY_USAGES
+    copy_subject_alt_names: bool = False
     device_policy: str = "strict"
     device_anchors: Path | None = None
     ca_key_size: int = 3072
@@ -320,6 +335,8 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         cert_validity=int(scep["cert_validity"]),  # type: ignore[call-overload]
         min_key_size=int(scep["min_key_size"]),  # type: ignore[call-overload]
         ca_cert_format=str(scep["ca_cert_format"]),
+        allowed_key_usage=tuple(scep["key_usage"]),  # type: ignore[arg-type]
+        copy_subject_alt_names=scep["subject_alt_names"] == "copy",
         device_policy=str(device["policy"]),
         device_anchors=Path(str(device["anchors"])).expanduser().absolute() if device["anchors"] else None,
         ca_key_size=int(ca["key_size"]),  # type: ignore[call-overload]

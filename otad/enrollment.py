@@ -269,7 +269,7 @@ class Enrollment:
             cert = await self._crypto.run(
                 lambda serial=serial: issue_client_certificate(
                     self._authority.root, key.public_key(), subject, x509.Extensions([]),
-                    udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
+                    udid=udid, serial=serial, now=issued_at, lifetime=lifetime, allowed_usage=config.allowed_key_usage,
                 )
             )
 

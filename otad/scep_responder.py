@@ -204,6 +204,7 @@ class SCEPResponder:
                 lambda serial=serial: issue_client_certificate(
                     self._authority.root, public_key, csr.subject, csr.extensions,
                     udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
+                    allowed_usage=self._config.allowed_key_usage, copy_names=self._config.copy_subject_alt_names,
                 )
             )
             try:

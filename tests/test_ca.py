@@ -153,3 +153,58 @@ class WriteAtomicallyTests(unittest.TestCase):
         ca.write_atomically(path, b"new contents", 0o600)
         self.assertEqual(path.read_bytes(), b"new contents")
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+
+
+class ClientCertificateTests(unittest.TestCase):
+    def setUp(self) -> None:
+        _, self.authority, _ = _first_start()
+        self.key = self.authority.ra.key  # any RSA key will do for the subject's key
+        self.now = datetime.datetime.now(datetime.UTC)
+
+    def issue(self, requested: list[x509.ExtensionType], **options: object) -> x509.Certificate:
+        extensions = x509.Extensions([x509.Extension(e.oid, False, e) for e in requested])
+        return ca.issue_client_certificate(
+            self.authority.root,
+            self.key.public_key(),
+            x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "device")]),
+            extensions,
+            udid="UDID-1",
+            serial=2**70 + 5,
+            now=self.now,
+            lifetime=datetime.timedelta(days=365),
+            **options,  # type: ignore[arg-type]
+        )
+
+    def usage(self, cert: x509.Certificate) -> tuple[bool, bool]:
+        value = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        return value.digital_signature, value.key_encipherment
+
+    def test_requested_key_usage_within_allowed(self) -> None:
+        """A CSR asking for digitalSignature only gets only that; asking for nothing gets everything allowed."""
+        signature_only = ca._key_usage(digital_signature=True)
+        self.assertEqual(self.usage(self.issue([signature_only])), (True, False))
+        self.assertEqual(self.usage(self.issue([])), (True, True))
+        self.assertEqual(self.usage(self.issue([], allowed_usage=("keyEncipherment",))), (False, True))
+        self.assertEqual(self.usage(self.issue([signature_only], allowed_usage=("keyEncipherment",))), (False, True))
+
+    def test_client_auth_serial_and_binding(self) -> None:
+        """The certificate has EKU clientAuth, the given serial, SHA-256, and the UDID binding."""
+        cert = self.issue([])
+        self.assertEqual(cert.serial_number, 2**70 + 5)
+        self.assertEqual(cert.signature_hash_algorithm.name, "sha256")
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        self.assertEqual(list(eku), [ExtendedKeyUsageOID.CLIENT_AUTH])
+        self.assertEqual(ca.device_binding(cert), "UDID-1")
+
+    def test_requested_names_dropped_or_copied(self) -> None:
+        """Requested SANs are dropped by default; with copy_names they are kept, but a forged UDID URI never is."""
+        requested = x509.SubjectAlternativeName(
+            [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ca.UDID_URI_PREFIX + "FORGED")]
+        )
+        dropped = self.issue([requested]).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(dropped.get_values_for_type(x509.DNSName), [])
+        copied_cert = self.issue([requested], copy_names=True)
+        copied = copied_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(copied.get_values_for_type(x509.DNSName), ["host.example"])
+        self.assertEqual(ca.device_binding(copied_cert), "UDID-1")
+        self.assertNotIn(ca.UDID_URI_PREFIX + "FORGED", copied.get_values_for_type(x509.UniformResourceIdentifier))
