@@ -1,0 +1,436 @@
+"""Measures complete over-the-air enrollments: enrollments per second, per-step latency and server memory.
+
+Run: .venv/bin/python bench/enroll.py [--requests 50] [--concurrency 4] [--identity scep|pkcs12]
+
+By default it starts its own ``twistd otad`` (tests/daemon.py) over TLS on a temporary data directory,
+with ``--device-ca`` set to a fake Apple hierarchy's root so the fake devices are trusted (and, for
+``--identity pkcs12``, a config file with ``[enrollment] identity = pkcs12``). Every fake iPhone
+(tests/fakedevice.py) runs the whole flow: GET /enroll (phase 1, Basic auth, bcrypt on the server),
+POST /profile (phase 2), SCEP enrollment or PKCS#12 import, POST /profile (phase 3). All client keys
+(the RSA-1024 Apple identities and the RSA-2048 SCEP keys) are generated before the clock starts.
+C workers pull devices from one queue. After the run it prints a table of p50/p99/max per step, the
+server's VmRSS and VmHWM (from /proc/PID/status of the daemon child) and one summary line. A failed
+enrollment is counted, the first error is printed, and the exit code is 1; so is a run that exceeds
+--timeout. The client shares the machine with the server: its own CPU time and reactor lag are
+printed too, because the fake device does its CMS work on the client's reactor thread.
+
+Against an otad that is already running (TLS, its own CA), give --url, --ca and --password, plus
+--apple-dir DIR: the fake Apple hierarchy is kept there (created on first use) and the server must
+have been started with ``--device-ca DIR/anchors.pem``. Add --pid to report that server's memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from twisted.internet import reactor as global_reactor  # noqa: E402
+from twisted.internet import task  # noqa: E402
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults  # noqa: E402
+from twisted.internet.threads import deferToThread  # noqa: E402
+
+from tests.daemon import Daemon  # noqa: E402
+from tests.fakeapple import FakeAppleHierarchy  # noqa: E402
+from tests.fakedevice import FakeDevice  # noqa: E402
+
+STEPS = ("enroll", "phase2", "identity", "phase3", "total")
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def process_status(pid: int) -> dict[str, str]:
+    """The fields of /proc/PID/status (VmRSS, VmHWM, Threads, ...)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.strip()
+    return fields
+
+
+def megabytes(status_value: str) -> float:
+    """'85432 kB' -> 83.4 (MiB)."""
+    number, _, unit = status_value.partition(" ")
+    assert unit == "kB", status_value
+    return int(number) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    after_name = stat.rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (p99 of fewer than 100 samples is the maximum)."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class LagMonitor:
+    """How late this process's reactor runs a 20 ms timer: the client-side stall while devices do CMS work."""
+
+    interval = 0.02
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._loop = task.LoopingCall(self._tick)
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+        self._loop.start(self.interval, now=False)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.samples.append(max(0.0, now - self._last - self.interval))
+        self._last = now
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+
+# ------------------------------------------------------------------ the fake Apple hierarchy on disk
+
+
+_APPLE_FILES = ("root", "intermediate", "device_ca")
+
+
+def save_apple(apple: FakeAppleHierarchy, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _APPLE_FILES:
+        cert: x509.Certificate = getattr(apple, name)
+        key: rsa.RSAPrivateKey = getattr(apple, f"{name}_key")
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path = folder / f"{name}_key.pem"
+        key_path.write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        key_path.chmod(0o600)
+    (folder / "anchors.pem").write_bytes(apple.anchors_pem())
+
+
+def load_apple(folder: Path) -> FakeAppleHierarchy:
+    values: dict[str, Any] = {}
+    for name in _APPLE_FILES:
+        values[name] = x509.load_pem_x509_certificate((folder / f"{name}.pem").read_bytes())
+        values[f"{name}_key"] = serialization.load_pem_private_key((folder / f"{name}_key.pem").read_bytes(), None)
+    return FakeAppleHierarchy(**values)
+
+
+# ------------------------------------------------------------------ one enrollment
+
+
+@dataclass
+class Outcome:
+    udid: str
+    steps: dict[str, float] = field(default_factory=dict)
+    failed_step: str | None = None
+    error: str | None = None
+
+
+async def enroll_one(device: FakeDevice, user: str, password: str, identity: str) -> Outcome:
+    """The whole flow for one device, timing each step; any exception is recorded, not raised."""
+    outcome = Outcome(device.udid)
+    step = "enroll"
+    started = mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        outcome.steps[name] = now - mark
+        mark = now
+
+    try:
+        service = await device.enroll(user, password)
+        lap("enroll")
+        step = "phase2"
+        enrollment = await device.phase2(service["PayloadContent"]["Challenge"])
+        lap("phase2")
+        step = "identity"
+        payload = enrollment["PayloadContent"][0]
+        kind = payload["PayloadType"].rsplit(".", 1)[1]
+        if kind != identity:
+            raise RuntimeError(f"phase 2 sent a {payload['PayloadType']} payload, but the run is --identity {identity}")
+        if kind == "scep":
+            await device.scep_enroll(payload)
+        else:
+            device.install_pkcs12(payload)
+        lap("identity")
+        step = "phase3"
+        _outer, payloads = await device.phase3()
+        if not payloads:
+            raise RuntimeError("phase 3 delivered no payloads")
+        lap("phase3")
+        outcome.steps["total"] = time.perf_counter() - started
+    except CancelledError:
+        outcome.failed_step, outcome.error = step, "cancelled: the run exceeded --timeout"
+    except Exception as e:  # noqa: BLE001 - a benchmark counts failures and goes on
+        outcome.failed_step, outcome.error = step, f"{type(e).__name__}: {e}"
+    finally:
+        try:
+            await device.close()
+        except Exception:  # noqa: BLE001, S110 - closing pooled connections is best effort
+            pass
+    return outcome
+
+
+# ------------------------------------------------------------------ the run
+
+
+async def make_devices(
+    count: int, apple: FakeAppleHierarchy, base_url: str, ca_pem: bytes, identity: str, prefix: str
+) -> list[FakeDevice]:
+    """Devices with every key made up front (on the reactor's thread pool), so no client keygen is timed."""
+
+    def keys(index: int) -> tuple[str, tuple[x509.Certificate, rsa.RSAPrivateKey], rsa.RSAPrivateKey | None]:
+        udid = f"{prefix}{index:06X}"
+        apple_identity = apple.issue_device_identity(udid)
+        scep_key = rsa.generate_private_key(65537, 2048) if identity == "scep" else None
+        return udid, apple_identity, scep_key
+
+    made = await gatherResults([deferToThread(keys, index) for index in range(count)])
+    return [
+        FakeDevice(global_reactor, base_url, ca_pem, apple, udid, scep_key=scep_key, identity=apple_identity)
+        for udid, apple_identity, scep_key in made
+    ]
+
+
+async def run_all(
+    devices: list[FakeDevice], concurrency: int, user: str, password: str, identity: str, timeout: float
+) -> tuple[list[Outcome], float, bool]:
+    """C workers pulling from one queue; returns the outcomes, the wall time and whether the timeout hit."""
+    queue = iter(devices)
+    outcomes: list[Outcome] = []
+    in_flight: set[Deferred[Outcome]] = set()
+    timed_out = False
+
+    async def worker() -> None:
+        for device in queue:
+            if timed_out:
+                outcomes.append(Outcome(device.udid, failed_step="start", error="not started: the run exceeded --timeout"))
+                continue
+            running = ensureDeferred(enroll_one(device, user, password, identity))
+            in_flight.add(running)
+            try:
+                outcome = await running
+                if timed_out and outcome.error is not None and not outcome.error.startswith("cancelled"):
+                    outcome.error = f"cancelled: the run exceeded --timeout ({outcome.error})"
+                outcomes.append(outcome)
+            finally:
+                in_flight.discard(running)
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        for running in list(in_flight):
+            running.cancel()
+
+    started = time.perf_counter()
+    alarm = global_reactor.callLater(timeout, expire)
+    try:
+        await gatherResults([ensureDeferred(worker()) for _ in range(min(concurrency, len(devices)))], consumeErrors=True)
+    finally:
+        if alarm.active():
+            alarm.cancel()
+    return outcomes, time.perf_counter() - started, timed_out
+
+
+async def run(arguments: argparse.Namespace) -> int:
+    identity = arguments.identity
+    external = arguments.url is not None
+    daemon: Daemon | None = None
+    temp: Path | None = None
+    try:
+        # ---- the server and the fake Apple hierarchy (untimed)
+        if external:
+            apple_dir = Path(arguments.apple_dir)
+            if (apple_dir / "root.pem").exists():
+                apple = load_apple(apple_dir)
+            else:
+                apple = await deferToThread(FakeAppleHierarchy.create)
+                save_apple(apple, apple_dir)
+                print(f"created a fake Apple hierarchy in {apple_dir}; the server needs --device-ca {apple_dir / 'anchors.pem'}")
+            base_url = arguments.url
+            ca_pem = Path(arguments.ca).read_bytes()
+            password = arguments.password
+            pid = arguments.pid
+        else:
+            apple = await deferToThread(FakeAppleHierarchy.create)
+            temp = Path(tempfile.mkdtemp(prefix="otad-bench-enroll-"))
+            data_dir = temp / "data"
+            data_dir.mkdir()
+            (temp / "anchors.pem").write_bytes(apple.anchors_pem())
+            extra = ["--device-ca", str(temp / "anchors.pem")]
+            if identity == "pkcs12":
+                (temp / "otad.conf").write_text("[enrollment]\nidentity = pkcs12\n")
+                extra += ["--config", str(temp / "otad.conf")]
+            daemon = Daemon(data_dir, extra)
+            await daemon.start()
+            pid = daemon.transport.pid
+            base_url = daemon.url("/")
+            ca_pem = (data_dir / "certs" / "ca.pem").read_bytes()
+            password = daemon.first_password
+            if password is None:
+                raise RuntimeError("the daemon logged no first-start password")
+
+        # ---- every device and key, before the clock
+        prefix = f"BENCH{os.getpid() % 0xFFFF:04X}{int(time.time()) % 0xFFFF:04X}"
+        setup_started = time.perf_counter()
+        devices = await make_devices(
+            arguments.warmup + arguments.requests, apple, base_url, ca_pem, identity, prefix
+        )
+        setup = time.perf_counter() - setup_started
+        warmup, timed = devices[: arguments.warmup], devices[arguments.warmup :]
+
+        # ---- warm-up (untimed): first TLS contexts, template loading, lazy imports in the server
+        warm, _, _ = await run_all(warmup, 1, arguments.user, password, identity, arguments.timeout)
+        warm_failed = [o for o in warm if o.error]
+        if warm_failed:
+            print(f"warm-up enrollment failed at {warm_failed[0].failed_step}: {warm_failed[0].error}")
+            return 1
+
+        # ---- the timed run
+        status_before = process_status(pid) if pid else None
+        server_cpu_before = cpu_seconds(pid) if pid else 0.0
+        client_cpu_before = own_cpu_seconds()
+        load_before = os.getloadavg()[0]
+        lag = LagMonitor()
+        lag.start()
+        outcomes, elapsed, timed_out = await run_all(
+            timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout
+        )
+        lag.stop()
+        client_cpu = own_cpu_seconds() - client_cpu_before
+        server_cpu = cpu_seconds(pid) - server_cpu_before if pid else None
+        status = process_status(pid) if pid else None
+
+        # ---- report
+        succeeded = [o for o in outcomes if o.error is None]
+        failed = [o for o in outcomes if o.error is not None]
+        step_label = {"identity": identity}
+        print(
+            f"otad {'at ' + base_url if external else f'pid {pid}, {base_url}'}; {len(devices)} devices "
+            f"({arguments.warmup} warm-up) with pre-generated keys in {setup:.1f} s"
+        )
+        print(f"{'step':<8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'mean ms':>8}")
+        for step in STEPS:
+            samples = [o.steps[step] * 1000 for o in succeeded]
+            if not samples:
+                continue
+            print(
+                f"{step_label.get(step, step):<8} {statistics.median(samples):8.1f} {percentile(samples, 0.99):8.1f} "
+                f"{max(samples):8.1f} {statistics.fmean(samples):8.1f}"
+            )
+        rate = len(succeeded) / elapsed if elapsed > 0 else 0.0
+        print(f"wall {elapsed:.2f} s for {len(outcomes)} enrollments, {len(succeeded)} succeeded, {len(failed)} failed")
+        if server_cpu is not None:
+            print(
+                f"server CPU {server_cpu:.2f} s ({server_cpu / elapsed * 100:.0f}% of one core, "
+                f"{server_cpu / max(1, len(succeeded)) * 1000:.0f} ms per enrollment); client CPU {client_cpu:.2f} s "
+                f"({client_cpu / elapsed * 100:.0f}% of one core)"
+            )
+        else:
+            print(f"client CPU {client_cpu:.2f} s ({client_cpu / elapsed * 100:.0f}% of one core)")
+        print(
+            f"machine: {os.cpu_count()} CPUs, 1-min load average {load_before:.2f} before the timed run, "
+            f"{os.getloadavg()[0]:.2f} after (anything above what this run adds means other processes competed)"
+        )
+        if lag.samples:
+            print(
+                f"client reactor lag (20 ms timer): p50 {statistics.median(lag.samples) * 1000:.1f} ms, "
+                f"p99 {percentile(lag.samples, 0.99) * 1000:.1f} ms, max {max(lag.samples) * 1000:.1f} ms"
+            )
+        if status is not None and status_before is not None:
+            print(
+                f"server VmRSS {status['VmRSS']} (before the timed run {status_before['VmRSS']}), "
+                f"VmHWM {status['VmHWM']}, threads {status['Threads']}"
+            )
+        if failed:
+            first = failed[0]
+            print(f"FAILED {len(failed)} of {len(outcomes)}; first error ({first.udid}, step {first.failed_step}): {first.error}")
+            by_step: dict[str, int] = {}
+            for o in failed:
+                by_step[o.failed_step or "?"] = by_step.get(o.failed_step or "?", 0) + 1
+            print("failures by step: " + ", ".join(f"{step_label.get(k, k)} {v}" for k, v in sorted(by_step.items())))
+        if timed_out:
+            print(f"TIMED OUT after {arguments.timeout:g} s")
+        totals = [o.steps["total"] * 1000 for o in succeeded]
+        summary = f"N={arguments.requests} C={arguments.concurrency} identity={identity}: {rate:.1f} enrollments/s"
+        if totals:
+            summary += f"; total p50 {statistics.median(totals):.0f} ms p99 {percentile(totals, 0.99):.0f} ms"
+        if status is not None:
+            summary += f"; server RSS {megabytes(status['VmRSS']):.0f} MB (peak {megabytes(status['VmHWM']):.0f} MB)"
+        if failed:
+            summary += f"; {len(failed)} FAILED"
+        print(summary)
+        return 1 if failed or timed_out else 0
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+            if daemon.exit_code not in (0, None):
+                print(f"the daemon exited with {daemon.exit_code}")
+        if temp is not None:
+            if arguments.keep:
+                print(f"data directory kept: {temp}")
+            else:
+                shutil.rmtree(temp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=50, help="timed enrollments (default 50)")
+    parser.add_argument("--concurrency", type=int, default=4, help="enrollments in flight (default 4)")
+    parser.add_argument("--identity", choices=("scep", "pkcs12"), default="scep", help="how devices get their identity")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed enrollments first, one at a time (default 2)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up on the timed run after this many seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (own daemon only)")
+    external = parser.add_argument_group("an otad that is already running (all of --url, --ca, --password, --apple-dir)")
+    external.add_argument("--url", help="its base URL, e.g. https://localhost:8443/")
+    external.add_argument("--ca", help="PEM file of its root CA (DATA_DIR/certs/ca.pem)")
+    external.add_argument("--user", default="apple", help="user for /enroll (default apple)")
+    external.add_argument("--password", help="that user's password")
+    external.add_argument("--apple-dir", help="fake Apple hierarchy (certificates and keys); created if missing; "
+                          "the server must run with --device-ca APPLE_DIR/anchors.pem")
+    external.add_argument("--pid", type=int, help="the server's PID, to report its memory and CPU")
+    arguments = parser.parse_args()
+    if arguments.requests < 1 or arguments.concurrency < 1 or arguments.warmup < 0 or arguments.timeout <= 0:
+        parser.error("--requests, --concurrency and --timeout must be positive, --warmup not negative")
+    given = [arguments.url, arguments.ca, arguments.password, arguments.apple_dir]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        parser.error("an external otad needs all of --url, --ca, --password and --apple-dir")
+    if arguments.pid is not None and arguments.url is None:
+        parser.error("--pid is only for an external otad (--url)")
+
+    async def entry(_reactor: Any) -> None:
+        code = await run(arguments)
+        if code:
+            raise SystemExit(code)
+
+    task.react(lambda reactor: ensureDeferred(entry(reactor)))
+
+
+if __name__ == "__main__":
+    main()
