@@ -252,6 +252,48 @@ def certs_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- SCEP requests held for approval ---------------------------------------------------------
+
+
+def requests_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        held = store.held_requests(None if args.all else "pending")
+    rows = [
+        {
+            "transaction_id": request.transaction_id,
+            "udid": request.udid,
+            "subject": request.subject,
+            "status": request.status,
+            "created": _when(request.created),
+            "serial": request.serial,
+        }
+        for request in held
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        print(f"{row['transaction_id']}  {row['status']}  {row['udid'] or '-'}  {row['created']}  {row['subject']}")
+    return 0
+
+
+def _decide(args: argparse.Namespace, approve: bool) -> int:
+    with _open_store(args) as store:
+        decided = store.decide_request(args.transaction_id, approve=approve, now=time.time())
+    if not decided:
+        raise AdminError(f"no pending request with transaction id {args.transaction_id}")
+    print(f"{'approved' if approve else 'rejected'} {args.transaction_id}; the client gets the answer at its next poll")
+    return 0
+
+
+def requests_approve(args: argparse.Namespace) -> int:
+    return _decide(args, True)
+
+
+def requests_reject(args: argparse.Namespace) -> int:
+    return _decide(args, False)
+
+
 # -- devices ---------------------------------------------------------------------------------
 
 
@@ -348,6 +390,17 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("serial", help="hexadecimal, with or without 0x and colons")
     revoke.add_argument("--reason", default="unspecified", help="recorded with the revocation and in the event log")
     revoke.set_defaults(run=certs_revoke)
+
+    held = commands.add_parser("requests", parents=[common], help="SCEP requests held for approval ([scep] approval = manual)")
+    held_actions = held.add_subparsers(dest="action", required=True)
+    held_listing = held_actions.add_parser("list", parents=[common], help="the pending requests (--all: every decision too)")
+    held_listing.add_argument("--all", action="store_true")
+    held_listing.add_argument("--json", action="store_true")
+    held_listing.set_defaults(run=requests_list)
+    for name, run, verb in (("approve", requests_approve, "issue"), ("reject", requests_reject, "refuse")):
+        decision = held_actions.add_parser(name, parents=[common], help=f"{verb} a held request at the client's next poll")
+        decision.add_argument("transaction_id")
+        decision.set_defaults(run=run)
 
     device_listing = commands.add_parser("devices", parents=[common], help="the devices that enrolled, newest first")
     device_listing.add_argument("--json", action="store_true")

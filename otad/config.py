@@ -181,6 +181,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "ca_cert_format": (_choice("ca-ra", "ca"), "ca-ra"),
         "key_usage": (_key_usages, "digitalSignature keyEncipherment"),
         "subject_alt_names": (_choice("drop", "copy"), "drop"),
+        "approval": (_choice("auto", "manual"), "auto"),
     },
     "device": {
         "policy": (_choice("strict", "log", "off"), "strict"),
@@ -227,6 +228,7 @@ class Config:
     ca_cert_format: str = "ca-ra"
     allowed_key_usage: tuple[str, ...] = KEY_USAGES
     copy_subject_alt_names: bool = False
+    manual_approval: bool = False
     device_policy: str = "strict"
     device_anchors: Path | None = None
     ca_key_size: int = 3072
@@ -337,6 +339,7 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         ca_cert_format=str(scep["ca_cert_format"]),
         allowed_key_usage=tuple(scep["key_usage"]),  # type: ignore[arg-type]
         copy_subject_alt_names=scep["subject_alt_names"] == "copy",
+        manual_approval=scep["approval"] == "manual",
         device_policy=str(device["policy"]),
         device_anchors=Path(str(device["anchors"])).expanduser().absolute() if device["anchors"] else None,
         ca_key_size=int(ca["key_size"]),  # type: ignore[call-overload]

@@ -21,7 +21,7 @@ from otad import cms, scep, tokens
 from otad.ca import Authority, Identity, issue_client_certificate, serial_hex
 from otad.config import Config
 from otad.pool import WorkerPool
-from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, Store, StoreThread
+from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, HeldRequest, Store, StoreThread
 from otad.web import Refusal
 
 log = Logger()
@@ -173,29 +173,88 @@ class SCEPResponder:
             csr = await self._crypto.run(scep.parse_csr, csr_der)
         except scep.SCEPError as error:
             raise _Failure(error.fail_info, f"bad CSR: {error}") from None
-        public_key = csr.public_key
-        if not isinstance(public_key, rsa.RSAPublicKey):
-            raise _Failure(scep.FailInfo.badAlg, "only RSA keys are accepted")
-        if public_key.key_size < self._config.min_key_size:
-            minimum = self._config.min_key_size
-            raise _Failure(scep.FailInfo.badRequest, f"RSA key of {public_key.key_size} bits is below the minimum {minimum}")
+        self._check_key(csr)
         now = self._now()
         renewing = await self._renewal_source(message)
         if message.message_type == scep.MessageType.RenewalReq and renewing is None:
             raise _Failure(scep.FailInfo.badRequest, "RenewalReq not signed by a valid, unrevoked otad certificate")
-        digest: bytes | None = None
         if renewing is not None:
-            udid = renewing.udid
-        else:
-            if not csr.challenge:
-                raise _Failure(scep.FailInfo.badRequest, "the CSR has no challengePassword")
-            digest = tokens.digest(csr.challenge)
-            try:
-                challenge = await self._store.call(lambda store: store.find_challenge(digest, _CHALLENGE_KINDS, now=now))
-            except ChallengeRefused as error:
-                raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
-            # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
-            udid = challenge.bound_to
+            return await self._issue(message, csr, udid=renewing.udid, digest=None, renewing=renewing, cipher=request_cipher)
+        transaction = message.transaction_id
+        if self._config.manual_approval:
+            held = await self._store.call(lambda store: store.held_request(transaction))
+            if held is not None:
+                # The client sent the same request again: answer as a poll would.
+                return await self._decide_held(message, held)
+        if not csr.challenge:
+            raise _Failure(scep.FailInfo.badRequest, "the CSR has no challengePassword")
+        digest = tokens.digest(csr.challenge)
+        try:
+            challenge = await self._store.call(lambda store: store.find_challenge(digest, _CHALLENGE_KINDS, now=now))
+        except ChallengeRefused as error:
+            raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+        # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
+        udid = challenge.bound_to
+        if self._config.manual_approval:
+            await self._hold(message, csr, digest, udid, now)
+            return _Decision(scep.PKIStatus.PENDING)
+        return await self._issue(message, csr, udid=udid, digest=digest, renewing=None, cipher=request_cipher)
+
+    def _check_key(self, csr: scep.CSRInfo) -> None:
+        public_key = csr.public_key
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise _Failure(scep.FailInfo.badAlg, "only RSA keys are accepted")
+        minimum = self._config.min_key_size
+        if public_key.key_size < minimum:
+            raise _Failure(scep.FailInfo.badRequest, f"RSA key of {public_key.key_size} bits is below the minimum {minimum}")
+
+    async def _hold(self, message: scep.PKIMessage, csr: scep.CSRInfo, digest: bytes, udid: str | None, now: float) -> None:
+        """Use the challenge and keep the request for an admin, in one transaction."""
+
+        def hold(store: Store) -> None:
+            with store.transaction():
+                challenge = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now)
+                store.hold_request(
+                    transaction_id=message.transaction_id, udid=udid, subject=csr.subject.rfc4514_string(),
+                    csr=csr.der, challenge_id=challenge.id, now=now,
+                )
+                store.record_event(now=now, kind="scep", outcome="held", udid=udid, reason=f"transaction {message.transaction_id}")
+
+        try:
+            await self._store.call(hold)
+        except ChallengeRefused as error:
+            raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+        log.info("SCEP request {transaction} held for approval", transaction=message.transaction_id, udid=udid, outcome="pending")
+
+    async def _decide_held(self, message: scep.PKIMessage, held: HeldRequest) -> _Decision:
+        """Answer for a held request: PENDING, FAILURE if rejected, or the certificate once approved."""
+        if held.status == "pending":
+            return _Decision(scep.PKIStatus.PENDING)
+        if held.status == "rejected":
+            raise _Failure(scep.FailInfo.badRequest, "the request was rejected by an administrator")
+        if held.status == "issued" and held.serial is not None:
+            serial = held.serial
+            record = await self._store.call(lambda store: store.certificate(serial))
+            if record is not None:
+                return _Decision(scep.PKIStatus.SUCCESS, issued=(x509.load_der_x509_certificate(record.der),))
+        csr = await self._crypto.run(scep.parse_csr, held.csr)
+        return await self._issue(message, csr, udid=held.udid, digest=None, renewing=None, cipher="held", held=held)
+
+    async def _issue(
+        self,
+        message: scep.PKIMessage,
+        csr: scep.CSRInfo,
+        *,
+        udid: str | None,
+        digest: bytes | None,
+        renewing: CertificateRecord | None,
+        cipher: str,
+        held: HeldRequest | None = None,
+    ) -> _Decision:
+        """Sign a certificate, then use the challenge and record it in one transaction; retry on a serial clash."""
+        public_key = csr.public_key
+        assert isinstance(public_key, rsa.RSAPublicKey)
+        now = self._now()
         lifetime = datetime.timedelta(seconds=self._config.cert_validity)
         issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         for _ in range(_SERIAL_ATTEMPTS):
@@ -209,7 +268,7 @@ class SCEPResponder:
             )
             try:
                 await self._store.call(partial(self._record, cert=cert, csr=csr.der, digest=digest, udid=udid,
-                                               message=message, now=now, renewing=renewing))
+                                               message=message, now=now, renewing=renewing, held=held))
             except DuplicateSerial:
                 continue
             except ChallengeRefused as error:
@@ -218,7 +277,7 @@ class SCEPResponder:
             log.info(
                 "issued certificate {serial} for {udid} ({kind}, request cipher {cipher})",
                 serial=serial_hex(serial), udid=udid, kind="renewal" if renewing else "enrollment",
-                cipher=request_cipher, outcome="issued",
+                cipher=cipher, outcome="issued",
             )
             return _Decision(scep.PKIStatus.SUCCESS, issued=(cert,))
         raise _Failure(scep.FailInfo.badRequest, "could not draw an unused serial number")
@@ -226,11 +285,11 @@ class SCEPResponder:
     @staticmethod
     def _record(
         store: Store, *, cert: x509.Certificate, csr: bytes, digest: bytes | None, udid: str | None,
-        message: scep.PKIMessage, now: float, renewing: CertificateRecord | None,
+        message: scep.PKIMessage, now: float, renewing: CertificateRecord | None, held: HeldRequest | None,
     ) -> None:
         """Use the challenge and record the certificate in one transaction (runs on the store thread)."""
         with store.transaction():
-            challenge_id = None
+            challenge_id = held.challenge_id if held is not None else None
             if digest is not None:
                 challenge_id = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now).id
             serial = serial_hex(cert.serial_number)
@@ -246,6 +305,8 @@ class SCEPResponder:
                 transaction_id=message.transaction_id,
                 now=now,
             )
+            if held is not None:
+                store.mark_issued(held.transaction_id, serial)
             store.record_event(
                 now=now, kind="scep", outcome="issued", udid=udid, serial=serial,
                 reason=f"renewal of {renewing.serial}" if renewing else f"transaction {message.transaction_id}",
@@ -261,12 +322,15 @@ class SCEPResponder:
         return record
 
     async def _poll(self, message: scep.PKIMessage) -> _Decision:
-        """CertPoll/GetCertInitial: otad decides at once, so a poll finds the issued certificate or nothing."""
+        """CertPoll/GetCertInitial: the issued certificate, or the state of a request held for approval."""
         transaction = message.transaction_id
         record = await self._store.call(lambda store: store.certificate_for_transaction(transaction))
-        if record is None:
+        if record is not None:
+            return _Decision(scep.PKIStatus.SUCCESS, issued=(x509.load_der_x509_certificate(record.der),))
+        held = await self._store.call(lambda store: store.held_request(transaction))
+        if held is None:
             raise _Failure(scep.FailInfo.badCertId, "no certificate for this transaction")
-        return _Decision(scep.PKIStatus.SUCCESS, issued=(x509.load_der_x509_certificate(record.der),))
+        return await self._decide_held(message, held)
 
     async def _get_cert(self, payload: bytes) -> _Decision:
         try:

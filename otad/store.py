@@ -72,6 +72,24 @@ _CERTIFICATE_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class HeldRequest:
+    """A SCEP request waiting for (or given) an admin's decision."""
+
+    transaction_id: str
+    udid: str | None
+    subject: str
+    csr: bytes
+    challenge_id: int | None
+    status: str
+    created: float
+    decided: float | None
+    serial: str | None
+
+
+_HELD_COLUMNS = "transaction_id, udid, subject, csr, challenge_id, status, created, decided, serial"
+
+
 class DuplicateSerial(Exception):
     """The serial is already taken; the caller draws a new one and signs again."""
 
@@ -294,6 +312,46 @@ class Store:
                     (now, serial, reason),
                 )
         return bool(changed)
+
+    # -- SCEP requests held for manual approval -------------------------------------------------
+
+    def hold_request(
+        self, *, transaction_id: str, udid: str | None, subject: str, csr: bytes, challenge_id: int | None, now: float
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT INTO scep_requests ({_HELD_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'pending', ?, NULL, NULL)",
+                (transaction_id, udid, subject, csr, challenge_id, now),
+            )
+
+    def held_request(self, transaction_id: str) -> HeldRequest | None:
+        row = self._db.execute(f"SELECT {_HELD_COLUMNS} FROM scep_requests WHERE transaction_id = ?", (transaction_id,)).fetchone()
+        return HeldRequest(*row) if row else None
+
+    def held_requests(self, status: str | None = None) -> list[HeldRequest]:
+        if status is None:
+            rows = self._db.execute(f"SELECT {_HELD_COLUMNS} FROM scep_requests ORDER BY created")
+        else:
+            rows = self._db.execute(f"SELECT {_HELD_COLUMNS} FROM scep_requests WHERE status = ? ORDER BY created", (status,))
+        return [HeldRequest(*row) for row in rows]
+
+    def decide_request(self, transaction_id: str, *, approve: bool, now: float) -> bool:
+        """Approve or reject a pending request; False if there is no pending request with that id."""
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE scep_requests SET status = ?, decided = ? WHERE transaction_id = ? AND status = 'pending'",
+                ("approved" if approve else "rejected", now, transaction_id),
+            ).rowcount
+            if changed:
+                db.execute(
+                    "INSERT INTO events (at, kind, outcome, reason) VALUES (?, 'scep', ?, ?)",
+                    (now, "approved" if approve else "rejected", f"transaction {transaction_id}"),
+                )
+        return bool(changed)
+
+    def mark_issued(self, transaction_id: str, serial: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE scep_requests SET status = 'issued', serial = ? WHERE transaction_id = ?", (serial, transaction_id))
 
     # -- deliveries (phase 3) ------------------------------------------------------------------
 

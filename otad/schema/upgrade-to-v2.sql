@@ -37,3 +37,16 @@ CREATE TABLE deliveries (
     at REAL NOT NULL
 );
 CREATE INDEX deliveries_serial ON deliveries (serial);
+
+-- SCEP requests held for an admin's decision ([scep] approval = manual).
+CREATE TABLE scep_requests (
+    transaction_id TEXT PRIMARY KEY,
+    udid TEXT,
+    subject TEXT NOT NULL,
+    csr BLOB NOT NULL,
+    challenge_id INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected', 'issued')),
+    created REAL NOT NULL,
+    decided REAL,
+    serial TEXT
+);
