@@ -91,7 +91,8 @@ class SCEPApprovalTests(unittest.TestCase):
         # Sending the very same PKCSReq again is answered like a poll, without needing a new challenge.
         self.assertRaises(SCEPPending, self.answer, request, self.send(request.der))
 
-        self.assertTrue(self.successResultOf(self.store.call(lambda store: store.decide_request(request.transaction_id, approve=True, now=1.0))))
+        approved = self.store.call(lambda store: store.decide_request(request.transaction_id, approve=True, now=1.0))
+        self.assertTrue(self.successResultOf(approved))
         polled, der = self.poll(request)
         cert = self.answer(polled, self.send(der))
         self.assertEqual(cert.public_key(), self.key.public_key())
