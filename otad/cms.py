@@ -139,7 +139,7 @@ class _AnyValues(core.SetOf):
     _child_spec: ClassVar[type] = core.Any
 
 
-class _Attribute(core.Sequence):
+class RawAttribute(core.Sequence):
     # asn1crypto decodes the values of attribute types it knows, and may fail lazily
     # on them; this spec keeps every value as the raw bytes that were received.
     _fields: ClassVar[list[tuple[str, type]]] = [
@@ -148,8 +148,10 @@ class _Attribute(core.Sequence):
     ]
 
 
-class _Attributes(core.SetOf):
-    _child_spec: ClassVar[type] = _Attribute
+class RawAttributes(core.SetOf):
+    """A SET OF Attribute whose values stay raw DER: shared with scep.py for CSR attributes."""
+
+    _child_spec: ClassVar[type] = RawAttribute
 
 
 @contextmanager
@@ -311,7 +313,7 @@ def _attribute_set(attributes: Sequence[tuple[str, bytes]]) -> bytes:
 
 def _read_attributes(attribute_set: bytes) -> dict[str, tuple[bytes, ...]]:
     with _malformed("malformed signed attributes"):
-        parsed = _Attributes.load(attribute_set, strict=True)
+        parsed = RawAttributes.load(attribute_set, strict=True)
         attributes: dict[str, tuple[bytes, ...]] = {}
         for attribute in parsed:
             oid = attribute["type"].dotted

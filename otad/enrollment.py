@@ -65,8 +65,7 @@ def parse_device_attributes(content: bytes) -> dict[str, Any]:
     """The signed device-attributes plist; plistlib refuses XML entity declarations outright."""
     try:
         attributes = plistlib.loads(content)
-    except Exception:
-        # plistlib raises many types (ExpatError, ValueError, InvalidFileException, ...).
+    except payloads.PLIST_ERRORS:
         raise Refusal(400, "the signed content is not a property list") from None
     if not isinstance(attributes, dict):
         raise Refusal(400, "the signed property list is not a dictionary")

@@ -573,20 +573,23 @@ def _duplicate_keys(data: bytes) -> list[Finding]:
     return found
 
 
+# plistlib lets many exception types escape on malformed (especially binary) input.
+PLIST_ERRORS = (
+    ValueError,
+    TypeError,
+    LookupError,
+    ArithmeticError,
+    RecursionError,
+    struct.error,
+    xml.parsers.expat.ExpatError,
+)
+
+
 def lint(data: bytes) -> list[Finding]:
     """Parse plist bytes (XML or binary) and validate them as a profile."""
     try:
         profile = plistlib.loads(data)
-    # plistlib lets many exception types escape on malformed (especially binary) input.
-    except (
-        ValueError,
-        TypeError,
-        LookupError,
-        ArithmeticError,
-        RecursionError,
-        struct.error,
-        xml.parsers.expat.ExpatError,
-    ) as e:
+    except PLIST_ERRORS as e:
         return [Finding("error", "", f"not a property list: {e}")]
     findings = validate(profile)
     if not data.lstrip().startswith(b"bplist"):

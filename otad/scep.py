@@ -122,21 +122,6 @@ class CSRInfo:
     version: int
 
 
-class _AnyValues(core.SetOf):
-    _child_spec: ClassVar[type] = core.Any
-
-
-class _Attribute(core.Sequence):
-    _fields: ClassVar[list[tuple[str, type]]] = [
-        ("type", core.ObjectIdentifier),
-        ("values", _AnyValues),
-    ]
-
-
-class _Attributes(core.SetOf):
-    _child_spec: ClassVar[type] = _Attribute
-
-
 class _RequestInfo(core.Sequence):
     # Only what asn1crypto must decode here; cryptography reads the subject, key and
     # extensions, and the attribute values stay raw so every string type is accepted.
@@ -144,7 +129,7 @@ class _RequestInfo(core.Sequence):
         ("version", core.Integer, {}),
         ("subject", core.Any, {}),
         ("subject_pk_info", core.Any, {}),
-        ("attributes", _Attributes, {"implicit": 0}),
+        ("attributes", cms.RawAttributes, {"implicit": 0}),
     ]
 
 
@@ -315,7 +300,7 @@ def _verify_csr_signature(
         ) from None
 
 
-def _challenge(attributes: _Attributes) -> str | None:
+def _challenge(attributes: cms.RawAttributes) -> str | None:
     challenge = None
     for attribute in attributes:
         if attribute["type"].dotted != _CHALLENGE_PASSWORD:

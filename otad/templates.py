@@ -8,14 +8,12 @@ from __future__ import annotations
 import copy
 import plistlib
 import re
-import struct
-import xml.parsers.expat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otad.payloads import new_uuid, validate_payloads
+from otad.payloads import PLIST_ERRORS, new_uuid, validate_payloads
 
 VARIABLES = (
     "UDID",
@@ -144,16 +142,7 @@ def _parse(name: str, data: bytes) -> Template:
         raise TemplateError(f"{name}: signed .mobileconfig: export it unsigned")
     try:
         document = plistlib.loads(data)
-    # plistlib lets several exception types escape from malformed input.
-    except (
-        ValueError,
-        TypeError,
-        LookupError,
-        ArithmeticError,
-        RecursionError,
-        struct.error,
-        xml.parsers.expat.ExpatError,
-    ) as e:
+    except PLIST_ERRORS as e:
         raise TemplateError(f"{name}: not a property list: {e}") from None
 
     match: dict[str, str] = {}
