@@ -181,6 +181,13 @@ class SCEPResponder:
         if renewing is not None:
             return await self._issue(message, csr, udid=renewing.udid, digest=None, renewing=renewing, cipher=request_cipher)
         transaction = message.transaction_id
+        earlier = await self._store.call(lambda store: store.certificate_for_transaction(transaction))
+        if earlier is not None and earlier.revoked is None and now < earlier.not_after:
+            issued = x509.load_der_x509_certificate(earlier.der)
+            if issued.public_key() == csr.public_key:
+                # A client retrying after a lost reply gets the same certificate again (RFC 8894 3.3.1);
+                # it is enveloped to the request's signer, so a replay gives nobody else anything.
+                return _Decision(scep.PKIStatus.SUCCESS, issued=(issued,))
         if self._config.manual_approval:
             held = await self._store.call(lambda store: store.held_request(transaction))
             if held is not None:
