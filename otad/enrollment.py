@@ -86,7 +86,7 @@ def _challenge_text(value: object) -> str | None:
 
 
 class Enrollment:
-    """Phase 1 (and, as they are built, phases 2 and 3) of Apple's over-the-air enrollment."""
+    """Phases 1, 2 and 3 of Apple's over-the-air enrollment, as ``/enroll`` and ``/profile`` need them."""
 
     def __init__(
         self,
@@ -196,10 +196,21 @@ class Enrollment:
                 )
             )
             log.warn("accepted an untrusted device identity for {udid}: {reason}", udid=udid, reason=warning, phase=2)
+        # Check the challenge (without using it) and build the subject before anything is
+        # written, so a request refused here leaves nothing behind but its event.
+        try:
+            phase1 = await self._store.call(lambda store: store.find_challenge(tokens.digest(challenge), ("enroll",), now=now))
+        except ChallengeRefused as error:
+            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
+        user = phase1.bound_to
+        try:
+            subject = self._scep_subject(attributes, user)
+        except Refusal as refusal:
+            raise await self._refused(refusal.code, refusal.reason, phase=2, udid=udid) from None
         if config.identity == "pkcs12":
-            identity_payload, user = await self._pkcs12_identity(attributes, challenge, udid, now)
+            identity_payload = await self._pkcs12_identity(attributes, challenge, udid, now, subject)
         else:
-            identity_payload, user = await self._scep_identity(attributes, challenge, udid, now, base_url)
+            identity_payload = await self._scep_identity(attributes, challenge, udid, now, base_url, subject)
         profile = payloads.configuration_profile(
             identifier=f"{config.identifier}.enrollment",
             organization=config.organization,
@@ -211,24 +222,23 @@ class Enrollment:
         return await self.sign(payloads.serialize(profile))
 
     async def _scep_identity(
-        self, attributes: dict[str, Any], challenge: str, udid: str, now: float, base_url: str
-    ) -> tuple[dict[str, Any], str | None]:
+        self, attributes: dict[str, Any], challenge: str, udid: str, now: float, base_url: str, subject: list[list[list[str]]]
+    ) -> dict[str, Any]:
         """Use the phase-1 challenge and mint a one-time SCEP challenge bound to the UDID, in one transaction."""
         config = self._config
         token, digest = tokens.mint()
 
-        def commit(store: Store) -> str | None:
+        def commit(store: Store) -> None:
             with store.transaction():
                 phase1 = store.consume_challenge(tokens.digest(challenge), ("enroll",), now=now)
                 store.record_device(udid, phase1.bound_to, attributes, now=now)
                 store.add_challenge(digest, "scep", udid, now=now, ttl=config.scep_challenge_ttl)
                 store.record_event(now=now, kind="phase 2", outcome="scep payload sent", user=phase1.bound_to, udid=udid)
-                return phase1.bound_to
 
-        user = await self._commit_phase2(commit, udid)
-        payload = payloads.scep_payload(
+        await self._commit_phase2(commit, udid)
+        return payloads.scep_payload(
             url=f"{base_url}/scep",
-            subject=self._scep_subject(attributes, user),
+            subject=subject,
             challenge=token,
             keysize=config.keysize,
             identifier=f"{config.identifier}.enrollment.scep",
@@ -236,7 +246,6 @@ class Enrollment:
             organization=config.organization,
             description="Provides the device identity that encrypted profiles are addressed to",
         )
-        return payload, user
 
     async def _commit_phase2(self, commit: Any, udid: str) -> Any:
         try:
@@ -245,21 +254,15 @@ class Enrollment:
             raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
 
     async def _pkcs12_identity(
-        self, attributes: dict[str, Any], challenge: str, udid: str, now: float
-    ) -> tuple[dict[str, Any], str | None]:
+        self, attributes: dict[str, Any], challenge: str, udid: str, now: float, subject_rdns: list[list[list[str]]]
+    ) -> dict[str, Any]:
         """Generate the device's key and certificate here and send them as a password-protected PKCS#12.
 
-        The challenge is checked before the (slow) key generation and used in the same
-        transaction that records the certificate, so a refused request costs no key and
-        a failed write sends nothing.
+        The caller checked the challenge before this (slow) key generation; it is used in the
+        same transaction that records the certificate, so a failed write sends nothing.
         """
         config = self._config
-        try:
-            await self._store.call(lambda store: store.find_challenge(tokens.digest(challenge), ("enroll",), now=now))
-        except ChallengeRefused as error:
-            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
         key = await self._crypto.run(generate_key, config.keysize)
-        subject_rdns = self._scep_subject(attributes, None)
         subject = x509.Name([x509.RelativeDistinguishedName([_name_attribute(name, value) for name, value in rdn]) for rdn in subject_rdns])
         issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         lifetime = datetime.timedelta(seconds=config.cert_validity)
@@ -272,7 +275,7 @@ class Enrollment:
                 )
             )
 
-            def commit(store: Store, cert: x509.Certificate = cert) -> str | None:
+            def commit(store: Store, cert: x509.Certificate = cert) -> None:
                 with store.transaction():
                     phase1 = store.consume_challenge(tokens.digest(challenge), ("enroll",), now=now)
                     store.record_device(udid, phase1.bound_to, attributes, now=now)
@@ -286,10 +289,9 @@ class Enrollment:
                         now=now, kind="phase 2", outcome="pkcs12 identity sent", user=phase1.bound_to, udid=udid,
                         serial=serial_hex(cert.serial_number),
                     )
-                    return phase1.bound_to
 
             try:
-                user = await self._commit_phase2(commit, udid)
+                await self._commit_phase2(commit, udid)
             except DuplicateSerial:
                 continue
             break
@@ -316,7 +318,7 @@ class Enrollment:
             organization=config.organization,
             description="The device identity that encrypted profiles are addressed to",
         )
-        return payload, user
+        return payload
 
     def _scep_subject(self, attributes: Mapping[str, Any], user: str | None) -> list[list[list[str]]]:
         values = {name: _subject_value(str(attributes.get(name) or "")) for name in ("UDID", "SERIAL", "PRODUCT")}

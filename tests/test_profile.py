@@ -167,6 +167,21 @@ class ProfilePhase2Tests(unittest.TestCase):
         code, _, reason = self.post(body)
         self.assertEqual((code, reason), (400, b"the signed content is not a property list\n"))
 
+    def test_subject_that_cannot_be_built(self) -> None:
+        """A scep_subject needing an attribute the device left empty is a 400, and the challenge stays usable."""
+        memory = MemorySite(Path(self.mktemp()), anchors=(apple().root,), scep_subject="O=Test/CN=$SERIAL")
+        self.addCleanup(memory.close)
+        challenge = self.challenge(memory)
+        blank = FakeDevice(None, "https://otad.test", None, apple(), UDID, attributes={"SERIAL": ""}, identity=self.device.identity)
+        code, _, reason = self.post(blank.phase2_body(challenge), memory)
+        self.assertEqual(code, 400)
+        self.assertIn(b"cannot build the SCEP subject", reason)
+        self.assertIsNone(self.successResultOf(memory.store.call(lambda store: store.device(UDID))))
+        code, _, body = self.post(self.device.phase2_body(challenge), memory)
+        self.assertEqual(code, 200)
+        subject = _content(body)["PayloadContent"][0]["PayloadContent"]["Subject"]
+        self.assertEqual(subject[1][0][1], self.device.device_attributes(None)["SERIAL"])
+
     def test_refusals_are_logged_and_change_nothing_else(self) -> None:
         """Each refusal adds an event with its reason and no device."""
         self.post(self.device.phase2_body("made-up"))
