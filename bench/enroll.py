@@ -9,7 +9,9 @@ with ``--device-ca`` set to a fake Apple hierarchy's root so the fake devices ar
 POST /profile (phase 2), SCEP enrollment or PKCS#12 import, POST /profile (phase 3). All client keys
 (the RSA-1024 Apple identities and the RSA-2048 SCEP keys) are generated before the clock starts.
 C workers pull devices from one queue. After the run it prints a table of p50/p99/max per step, the
-server's VmRSS and VmHWM (from /proc/PID/status of the daemon child) and one summary line. A failed
+server's VmRSS and VmHWM (from /proc/PID/status of the daemon child), its CPU time split between the
+main (reactor) thread and the worker threads, the latency of a GET / probe sent every 100 ms during
+the run (a stalled server reactor shows there), and one summary line. A failed
 enrollment is counted, the first error is printed, and the exit code is 1; so is a run that exceeds
 --timeout. The client shares the machine with the server: its own CPU time and reactor lag are
 printed too, because the fake device does its CMS work on the client's reactor thread.
@@ -77,6 +79,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(main thread, all other threads) CPU seconds: otad's main thread is its reactor thread."""
+    main = cpu_seconds(pid)  # the process total, until the split below
+    others = 0.0
+    for task_dir in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task_dir / "stat").read_text().rsplit(")", 1)[1].split()
+        seconds = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        if task_dir.name == str(pid):
+            main = seconds
+        else:
+            others += seconds
+    return main, others
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -110,6 +126,43 @@ class LagMonitor:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+
+
+class Probe:
+    """GET / (the welcome page: no crypto, no store) every 100 ms on one kept-alive connection.
+
+    Its latency shows stalls of the server's reactor thread (plus this client's own reactor lag).
+    """
+
+    def __init__(self, device: FakeDevice) -> None:
+        self.device = device
+        self.samples: list[float] = []
+        self.errors = 0
+        self._running = False
+        self._done: Deferred[None] | None = None
+
+    def start(self) -> None:
+        self._running = True
+        self._done = ensureDeferred(self._loop())
+
+    async def _loop(self) -> None:
+        while self._running:
+            started = time.perf_counter()
+            try:
+                response = await self.device.request(b"GET", "/")
+                if response.code == 200:
+                    self.samples.append(time.perf_counter() - started)
+                else:
+                    self.errors += 1
+            except Exception:  # noqa: BLE001 - counted
+                self.errors += 1
+            await task.deferLater(global_reactor, 0.1)
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._done is not None:
+            await self._done
+        await self.device.close()
 
 
 # ------------------------------------------------------------------ the fake Apple hierarchy on disk
@@ -284,8 +337,19 @@ async def run(arguments: argparse.Namespace) -> int:
             data_dir.mkdir()
             (temp / "anchors.pem").write_bytes(apple.anchors_pem())
             extra = ["--device-ca", str(temp / "anchors.pem")]
+            settings: dict[str, dict[str, str]] = {}
             if identity == "pkcs12":
-                (temp / "otad.conf").write_text("[enrollment]\nidentity = pkcs12\n")
+                settings.setdefault("enrollment", {})["identity"] = "pkcs12"
+            for setting in arguments.set:
+                section, key, value = setting
+                settings.setdefault(section, {})[key] = value
+            if settings:
+                (temp / "otad.conf").write_text(
+                    "".join(
+                        f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
+                        for section, keys in settings.items()
+                    )
+                )
                 extra += ["--config", str(temp / "otad.conf")]
             daemon = Daemon(data_dir, extra)
             await daemon.start()
@@ -316,13 +380,18 @@ async def run(arguments: argparse.Namespace) -> int:
         status_before = process_status(pid) if pid else None
         server_cpu_before = cpu_seconds(pid) if pid else 0.0
         client_cpu_before = own_cpu_seconds()
+        threads_before = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
         load_before = os.getloadavg()[0]
         lag = LagMonitor()
         lag.start()
+        probe = Probe(FakeDevice(global_reactor, base_url, ca_pem, apple, f"{prefix}PROBE", identity=devices[0].identity))
+        probe.start()
         outcomes, elapsed, timed_out = await run_all(
             timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout
         )
         lag.stop()
+        await probe.stop()
+        threads_after = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
         client_cpu = own_cpu_seconds() - client_cpu_before
         server_cpu = cpu_seconds(pid) - server_cpu_before if pid else None
         status = process_status(pid) if pid else None
@@ -352,8 +421,18 @@ async def run(arguments: argparse.Namespace) -> int:
                 f"{server_cpu / max(1, len(succeeded)) * 1000:.0f} ms per enrollment); client CPU {client_cpu:.2f} s "
                 f"({client_cpu / elapsed * 100:.0f}% of one core)"
             )
+            print(
+                f"server CPU by thread: main (reactor) {threads_after[0] - threads_before[0]:.2f} s, "
+                f"other threads (crypto pool, store) {threads_after[1] - threads_before[1]:.2f} s"
+            )
         else:
             print(f"client CPU {client_cpu:.2f} s ({client_cpu / elapsed * 100:.0f}% of one core)")
+        if probe.samples:
+            probe_ms = [sample * 1000 for sample in probe.samples]
+            print(
+                f"probe GET / every 100 ms ({len(probe_ms)} answers, {probe.errors} errors): p50 {statistics.median(probe_ms):.1f} ms, "
+                f"p99 {percentile(probe_ms, 0.99):.1f} ms, max {max(probe_ms):.1f} ms"
+            )
         print(
             f"machine: {os.cpu_count()} CPUs, 1-min load average {load_before:.2f} before the timed run, "
             f"{os.getloadavg()[0]:.2f} after (anything above what this run adds means other processes competed)"
@@ -399,6 +478,15 @@ async def run(arguments: argparse.Namespace) -> int:
                 shutil.rmtree(temp, ignore_errors=True)
 
 
+def setting(text: str) -> tuple[str, str, str]:
+    """'server.crypto_threads=4' -> ('server', 'crypto_threads', '4')."""
+    name, equals, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not equals or not dot or not section or not key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    return section, key.strip(), value.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50, help="timed enrollments (default 50)")
@@ -407,6 +495,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed enrollments first, one at a time (default 2)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on the timed run after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (own daemon only)")
+    parser.add_argument(
+        "--set", type=setting, action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="a config setting for the daemon this script starts, e.g. server.crypto_threads=4 (repeatable)",
+    )
     external = parser.add_argument_group("an otad that is already running (all of --url, --ca, --password, --apple-dir)")
     external.add_argument("--url", help="its base URL, e.g. https://localhost:8443/")
     external.add_argument("--ca", help="PEM file of its root CA (DATA_DIR/certs/ca.pem)")
@@ -421,6 +513,8 @@ def main() -> None:
     given = [arguments.url, arguments.ca, arguments.password, arguments.apple_dir]
     if any(v is not None for v in given) and not all(v is not None for v in given):
         parser.error("an external otad needs all of --url, --ca, --password and --apple-dir")
+    if arguments.set and arguments.url is not None:
+        parser.error("--set configures the daemon this script starts, not an external one")
     if arguments.pid is not None and arguments.url is None:
         parser.error("--pid is only for an external otad (--url)")
 
