@@ -153,6 +153,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "max_body": (_int_range(1024, 16 * 1024 * 1024), "65536"),
         "json_log": (lambda text: text.strip(), ""),
         "crypto_threads": (_int_range(1, 64), "2"),
+        "auth_threads": (_int_range(1, 64), "2"),
     },
     "enrollment": {
         "realm": (_realm, "otad"),
@@ -207,6 +208,7 @@ class Config:
     max_body: int = 65536
     json_log: Path | None = None
     crypto_threads: int = 2
+    auth_threads: int = 2
     realm: str = "otad"
     identifier: str = "com.example.otad"
     display_name: str = "Example Inc. Profile Service"
@@ -318,6 +320,7 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         max_body=int(server["max_body"]),  # type: ignore[call-overload]
         json_log=json_log,
         crypto_threads=int(server["crypto_threads"]),  # type: ignore[call-overload]
+        auth_threads=int(server["auth_threads"]),  # type: ignore[call-overload]
         realm=str(enrollment["realm"]),
         identifier=str(enrollment["identifier"]),
         display_name=str(enrollment["display_name"]),

@@ -1,7 +1,8 @@
 """A named thread pool as a Twisted service, for work that must not run on the reactor thread.
 
-otad has two: one thread for SQLite (a single connection, writes serialised) and a small pool
-for RSA, CMS and bcrypt work (cryptography >= 47 releases the GIL during RSA operations).
+otad has three: one thread for SQLite (a single connection, writes serialised), a small pool
+for RSA and CMS work (cryptography >= 47 releases the GIL during RSA operations), and one for
+bcrypt, so that slow password checks never queue ahead of the enrollment steps.
 """
 
 from __future__ import annotations

@@ -150,6 +150,8 @@ class OtadService(MultiService):
         self._reactor = reactor
         self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads)
         self.crypto.setServiceParent(self)
+        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads)
+        self.auth.setServiceParent(self)
         self.store = StoreThread(reactor, lambda: Store(settings.database))
         self.store.setServiceParent(self)
         if settings.json_log is not None:
@@ -221,7 +223,7 @@ class OtadService(MultiService):
     def build_site(self, authority: Authority, device_trust: DeviceTrust, profile_templates: list[Template]) -> OtadSite:
         settings = self.settings
         enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor, device_trust, profile_templates)
-        checker = HtpasswdChecker(settings.htpasswd, self.crypto.run)
+        checker = HtpasswdChecker(settings.htpasswd, self.auth.run)
         root = Root(
             {
                 b"": WelcomePage(settings.organization, settings.display_name),
