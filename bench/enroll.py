@@ -24,7 +24,6 @@ have been started with ``--device-ca DIR/anchors.pem``. Add --pid to report that
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import shutil
@@ -46,6 +45,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
+from bench.measure import cpu_seconds, percentile, process_status, thread_cpu_seconds  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.fakeapple import FakeAppleHierarchy  # noqa: E402
 from tests.fakedevice import FakeDevice  # noqa: E402
@@ -56,14 +56,6 @@ STEPS = ("enroll", "phase2", "identity", "phase3", "total")
 # ------------------------------------------------------------------ measurements
 
 
-def process_status(pid: int) -> dict[str, str]:
-    """The fields of /proc/PID/status (VmRSS, VmHWM, Threads, ...)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.strip()
-    return fields
-
 
 def megabytes(status_value: str) -> float:
     """'85432 kB' -> 83.4 (MiB)."""
@@ -72,36 +64,12 @@ def megabytes(status_value: str) -> float:
     return int(number) / 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    after_name = stat.rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(main thread, all other threads) CPU seconds: otad's main thread is its reactor thread."""
-    main = cpu_seconds(pid)  # the process total, until the split below
-    others = 0.0
-    for task_dir in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task_dir / "stat").read_text().rsplit(")", 1)[1].split()
-        seconds = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-        if task_dir.name == str(pid):
-            main = seconds
-        else:
-            others += seconds
-    return main, others
 
 
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
-
-def percentile(samples: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (p99 of fewer than 100 samples is the maximum)."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 class LagMonitor:

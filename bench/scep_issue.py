@@ -32,6 +32,7 @@ from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool  # noqa: E402
 from twisted.web.http_headers import Headers  # noqa: E402
 
+from bench.measure import cpu_seconds, percentile, process_status  # noqa: E402
 from otad import tokens  # noqa: E402
 from otad.store import Store  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
@@ -47,25 +48,7 @@ from tests.fakedevice import (  # noqa: E402
 SUBJECT = [[["O", "Bench"]], [["CN", "bench"]]]
 
 
-def process_status(pid: int) -> dict[str, str]:
-    """The fields of /proc/PID/status (VmRSS, VmHWM, Threads, ...)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.strip()
-    return fields
 
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used so far (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    after_name = stat.rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
 async def run(arguments: argparse.Namespace) -> None:

@@ -30,6 +30,15 @@ class DaemonTests(unittest.TestCase):
         self.addCleanup(daemon.stop)
         return daemon
 
+    async def daemon_trusting_fake_apple(self) -> tuple[Daemon, FakeAppleHierarchy, bytes]:
+        """A started daemon whose device anchors are a fake Apple hierarchy, that hierarchy, and otad's root CA PEM."""
+        apple = FakeAppleHierarchy.create()
+        anchors = Path(self.mktemp()).absolute()
+        anchors.write_bytes(apple.anchors_pem())
+        daemon = self.new_daemon(extra=("--device-ca", str(anchors)))
+        await daemon.start()
+        return daemon, apple, (daemon.data_dir / "certs" / "ca.pem").read_bytes()
+
     async def openssl(self, *args: str) -> tuple[bytes, bytes, int]:
         return await getProcessOutputAndValue("openssl", args, env={"PATH": "/usr/bin:/bin"}, reactor=reactor)
 
@@ -85,12 +94,7 @@ class DaemonTests(unittest.TestCase):
         """Over real TLS the fake iPhone enrolls, gets a SCEP payload in phase 2, and its replay and a 10 MB body are refused."""
 
         async def run() -> None:
-            apple = FakeAppleHierarchy.create()
-            anchors = Path(self.mktemp()).absolute()
-            anchors.write_bytes(apple.anchors_pem())
-            daemon = self.new_daemon(extra=("--device-ca", str(anchors)))
-            await daemon.start()
-            ca_pem = (daemon.data_dir / "certs" / "ca.pem").read_bytes()
+            daemon, apple, ca_pem = await self.daemon_trusting_fake_apple()
             device = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, "00008030-001A2B3C4D5E6F70")
             self.addCleanup(lambda: ensureDeferred(device.close()))
             service = await device.enroll("apple", daemon.first_password)
@@ -112,12 +116,7 @@ class DaemonTests(unittest.TestCase):
         """The fake iPhone gets its identity over SCEP (POST, then GET for a second device) bound to its UDID."""
 
         async def run() -> None:
-            apple = FakeAppleHierarchy.create()
-            anchors = Path(self.mktemp()).absolute()
-            anchors.write_bytes(apple.anchors_pem())
-            daemon = self.new_daemon(extra=("--device-ca", str(anchors)))
-            await daemon.start()
-            ca_pem = (daemon.data_dir / "certs" / "ca.pem").read_bytes()
+            daemon, apple, ca_pem = await self.daemon_trusting_fake_apple()
             root = x509.load_pem_x509_certificate(ca_pem)
             for udid, use_get in (("00008030-00AA00BB00CC00DD", False), ("00008030-00EE00FF00112233", True)):
                 device = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, udid)
