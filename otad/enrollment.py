@@ -136,10 +136,11 @@ class Enrollment:
         return await self.sign(payloads.serialize(profile))
 
     async def _refused(self, code: int, reason: str, *, phase: int, udid: str | None = None) -> Refusal:
-        """Record a refusal in the event log (its own transaction: nothing else changed) and return it."""
+        """Record a refusal (or, for a 5xx, an error) in the event log, in its own transaction, and return it."""
         now = self._clock.seconds()
+        outcome = "error" if code >= 500 else "refused"
         await self._store.call(
-            lambda store: store.record_event(now=now, kind=f"phase {phase}", outcome="refused", udid=udid, reason=reason)
+            lambda store: store.record_event(now=now, kind=f"phase {phase}", outcome=outcome, udid=udid, reason=reason)
         )
         log.info("refused phase {phase}: {reason}", phase=phase, udid=udid, outcome="refused", reason=reason)
         return Refusal(code, reason)

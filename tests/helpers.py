@@ -84,8 +84,9 @@ class MemorySite:
         self.authority = authority()
         from otad.templates import DEFAULT_DIRECTORY, load_templates
 
+        profile_templates = load_templates(self.settings.templates or DEFAULT_DIRECTORY)
         enrollment = Enrollment(
-            self.settings, self.authority, self.store, pool, self.clock, DeviceTrust(policy, anchors), load_templates(DEFAULT_DIRECTORY)
+            self.settings, self.authority, self.store, pool, self.clock, DeviceTrust(policy, anchors), profile_templates
         )
         checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
         root = Root(

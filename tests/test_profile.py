@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import plistlib
 from pathlib import Path
 from typing import Any
 
 from asn1crypto import cms as asn1_cms
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import ensureDeferred
 from twisted.trial import unittest
 
 from otad import tokens
+from otad.ca import issue_client_certificate, serial_hex
 from otad.device_trust import load_anchors
 from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
-from tests.fakedevice import FakeDevice
+from tests.fakedevice import FakeDevice, sign_cms
 from tests.helpers import MemorySite
 
 DATA = Path(__file__).parent / "data"
@@ -160,8 +164,6 @@ class ProfilePhase2Tests(unittest.TestCase):
 
     def test_content_not_a_plist(self) -> None:
         """A valid device signature over something that is not a plist is 400."""
-        from tests.fakedevice import sign_cms
-
         cert, key = self.device.identity
         body = sign_cms(b"not a plist at all", cert, key, digest="sha256", signed_attributes=None, certificates=[cert, *apple().chain()])
         code, _, reason = self.post(body)
@@ -192,8 +194,6 @@ class ProfilePhase2Tests(unittest.TestCase):
 
     def test_otad_signed_but_not_issued_identity(self) -> None:
         """A phase-3 request signed by a certificate of otad's CA that the store never issued to a device is 403."""
-        from tests.fakedevice import sign_cms
-
         signer = self.memory.authority.tls
         body = sign_cms(
             plistlib.dumps({"UDID": UDID}), signer.cert, signer.key, digest="sha256", signed_attributes=(), certificates=[signer.cert]
@@ -221,3 +221,47 @@ class RealCaptureTests(unittest.TestCase):
         code, _, reason = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=bytes(capture))))
         self.assertEqual(code, 403)
         self.assertIn(b"signature", reason)
+
+
+class Phase3InMemoryTests(unittest.TestCase):
+    def test_invalid_rendered_profile_is_not_served(self) -> None:
+        """A template that renders into an invalid payload gets a 500 and an error event; nothing is delivered."""
+        folder = Path(self.mktemp()).absolute()
+        folder.mkdir()
+        (folder / "broken.plist").write_bytes(
+            plistlib.dumps(
+                {
+                    "PayloadContent": [
+                        {
+                            "PayloadType": "com.apple.webClip.managed",
+                            "PayloadVersion": 1,
+                            # Renders empty when the device sent no SERIAL: a missing identifier.
+                            "PayloadIdentifier": "$SERIAL",
+                            "Label": "x",
+                            "URL": "https://intranet.example.com",
+                        }
+                    ]
+                }
+            )
+        )
+        memory = MemorySite(Path(self.mktemp()), templates=folder)
+        self.addCleanup(memory.close)
+        key = memory.authority.ra.key
+        now = memory.clock.seconds()
+        cert = issue_client_certificate(
+            memory.authority.root, key.public_key(), x509.Name([]), x509.Extensions([]), udid=UDID, serial=12345,
+            now=datetime.datetime.fromtimestamp(now, datetime.UTC), lifetime=datetime.timedelta(days=1),
+        )
+        memory.store.call(
+            lambda store: store.add_certificate(
+                serial=serial_hex(cert.serial_number), udid=UDID, subject="", not_before=now - 60, not_after=now + 3600,
+                der=cert.public_bytes(serialization.Encoding.DER), csr=None, challenge_id=None, transaction_id=None, now=now,
+            )
+        )
+        body = sign_cms(plistlib.dumps({"UDID": UDID}), cert, key, digest="sha256", signed_attributes=(), certificates=[cert])
+        code, _, reason = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=body)))
+        self.assertEqual(code, 500)
+        self.assertIn(b"invalid profile", reason)
+        self.assertEqual(memory.events()[0].outcome, "error")
+        self.assertEqual(self.successResultOf(memory.store.call(lambda store: store.delivery_count(serial_hex(12345)))), 0)
+
