@@ -215,6 +215,26 @@ class DaemonTests(unittest.TestCase):
 
         return ensureDeferred(run())
 
+    def test_invalid_template_stops_start(self) -> None:
+        """A phase-3 template with the seed developer's mistake (no PayloadIdentifier) stops the start, naming the file."""
+
+        async def run() -> None:
+            folder = Path(self.mktemp()).absolute()
+            (folder / "profiles").mkdir(parents=True)
+            (folder / "profiles" / "bad.plist").write_bytes(
+                plistlib.dumps([{"PayloadType": "com.apple.webClip.managed", "PayloadVersion": 1, "Label": "x", "URL": "https://x"}])
+            )
+            config = folder / "otad.conf"
+            config.write_text(f"[profile]\ntemplates = {folder / 'profiles'}\n")
+            daemon = self.new_daemon(folder, ("--config", str(config)))
+            with self.assertRaises(DaemonExited) as raised:
+                await daemon.start()
+            self.assertIn("otad cannot start", str(raised.exception))
+            self.assertIn("bad.plist", str(raised.exception))
+            self.assertIn("PayloadIdentifier", str(raised.exception))
+
+        return ensureDeferred(run())
+
     def test_unreadable_users_file_path(self) -> None:
         """A users file in a missing directory stops the start with a clear error, not a traceback loop."""
 
