@@ -24,8 +24,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 log = Logger()
 
 # Request lines and single header lines longer than this get a 431 (Twisted's default is to
-# drop the connection silently, which leaves clients hanging).
-MAX_LINE = 8192
+# drop the connection silently, which leaves clients hanging). SCEP by GET carries a whole
+# base64 PKIMessage in the request line (about 3.5 KB from certmonger, more for 4096-bit keys).
+MAX_LINE = 16384
 
 
 @dataclass
