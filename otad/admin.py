@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -178,6 +178,16 @@ def _serial(text: str) -> str:
     return serial_hex(int(cleaned, 16))
 
 
+def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]], line: str) -> int:
+    """A listing: JSON with --json, else one line per row from ``line`` (empty fields shown as -)."""
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        print(line.format(**{key: "-" if value is None else value for key, value in row.items()}))
+    return 0
+
+
 def _status(record: CertificateRecord, now: float) -> str:
     if record.revoked is not None:
         return "revoked"
@@ -198,13 +208,8 @@ def certs_list(args: argparse.Namespace) -> int:
         }
         for record in records
     ]
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    for row in rows:
-        # The subject goes last: it is the only field that may contain spaces.
-        print(f"{row['serial']}  {row['status']:<7}  {row['not_after']}  {row['udid'] or '-'}  {row['subject']}")
-    return 0
+    # The subject goes last: it is the only field that may contain spaces.
+    return _print_rows(args, rows, "{serial}  {status:<7}  {not_after}  {udid}  {subject}")
 
 
 def certs_show(args: argparse.Namespace) -> int:
@@ -269,12 +274,7 @@ def requests_list(args: argparse.Namespace) -> int:
         }
         for request in held
     ]
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    for row in rows:
-        print(f"{row['transaction_id']}  {row['status']}  {row['udid'] or '-'}  {row['created']}  {row['subject']}")
-    return 0
+    return _print_rows(args, rows, "{transaction_id}  {status}  {udid}  {created}  {subject}")
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
@@ -309,12 +309,7 @@ def devices(args: argparse.Namespace) -> int:
         }
         for device in found
     ]
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    for row in rows:
-        print(f"{row['udid']}  {row['user'] or '-'}  {row['product'] or '-'}  {row['last_seen']}")
-    return 0
+    return _print_rows(args, rows, "{udid}  {user}  {product}  {last_seen}")
 
 
 # -- profiles --------------------------------------------------------------------------------
