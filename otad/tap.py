@@ -39,7 +39,7 @@ from otad.resources.scep import SCEPResource
 from otad.resources.welcome import WelcomePage
 from otad.scep_responder import SCEPResponder
 from otad.store import Store, StoreThread
-from otad.templates import DEFAULT_DIRECTORY, Template, load_templates
+from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.users import HtpasswdChecker, create_first_user
 from otad.web import OtadSite
 
@@ -133,8 +133,10 @@ PURGE_INTERVAL = 3600
 
 
 def load_profile_templates(directory: Path | None) -> list[Template]:
-    """The configured phase-3 templates, or the shipped default; an invalid one stops the start."""
-    return load_templates(directory if directory is not None else DEFAULT_DIRECTORY)
+    """The configured phase-3 templates, or the shipped default when there are none; an invalid one stops the start."""
+    if directory is None or (directory.is_dir() and not any(path.suffix in SUFFIXES for path in directory.iterdir())):
+        return load_templates(DEFAULT_DIRECTORY)
+    return load_templates(directory)
 
 
 class OtadService(MultiService):

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from otad.payloads import validate_payloads
+from otad.tap import load_profile_templates
 from otad.templates import (
     DEFAULT_DIRECTORY,
     VARIABLES,
@@ -306,3 +307,18 @@ class TemplatesTests(TestCase):
             (ROOT / "etc" / "profiles" / "default.plist").read_bytes(),
             (DEFAULT_DIRECTORY / "default.plist").read_bytes(),
         )
+
+
+class ProfileTemplatesStartupTests(TestCase):
+    def test_empty_or_unset_directory_falls_back_to_default(self) -> None:
+        """The daemon uses the shipped default when no directory is configured or the directory holds no templates."""
+        empty = Path(self.mktemp())
+        empty.mkdir()
+        (empty / "README.md").write_text("not a template")
+        self.assertEqual([t.name for t in load_profile_templates(empty)], ["default.plist"])
+        self.assertEqual([t.name for t in load_profile_templates(None)], ["default.plist"])
+
+    def test_missing_directory_stops_start(self) -> None:
+        """A configured directory that does not exist is an error naming it, not a silent fallback."""
+        error = self.assertRaises(TemplateError, load_profile_templates, Path("/nonexistent-otad-templates"))
+        self.assertIn("/nonexistent-otad-templates", str(error))
