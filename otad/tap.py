@@ -176,7 +176,6 @@ class OtadService(MultiService):
     async def _start(self) -> None:
         settings = self.settings
         lines: list[str] = []
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         authority = await self.crypto.run(
             lambda: bootstrap(
                 settings.certs_dir,
