@@ -1,3 +1,3 @@
 """otad: an over-the-air enrollment and configuration-profile service for Apple devices."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -12,36 +12,35 @@ import contextlib
 import datetime
 import getpass
 import json
+import os
 import re
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from otad import cms, payloads, tokens, users
+from otad import __version__, cms, payloads, tokens, users
 from otad import config as configuration
 from otad.ca import serial_hex
-from otad.store import CertificateRecord, Store, StoreError
+from otad.files import OwnershipError, check_writer
+from otad.store import CHALLENGE_KINDS, CertificateRecord, Challenge, Store, StoreError
+from otad.udid import is_udid
 
-# Exit status of `lint` when the profile has errors; 1 stays for usage and operational errors.
-LINT_ERRORS = 2
+# Exit statuses: 1 for a profile with errors (`lint`, as linters do) and for any other failure;
+# 2 for a usage error (argparse's own); 141 when the reader of stdout went away (128 + SIGPIPE).
+LINT_ERRORS = 1
+FAILED = 1
+CLOSED_PIPE = 141
 MAX_STATIC_USES = 1_000_000
 
 
 class AdminError(Exception):
     """A one-line message for stderr; the command exits 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports usage errors like every other error, one line and exit 1, so that exit 2 means lint errors."""
-
-    def error(self, message: str) -> NoReturn:
-        raise AdminError(f"{message} (see {self.prog} --help)")
 
 
 def _settings(args: argparse.Namespace) -> configuration.Config:
@@ -50,6 +49,20 @@ def _settings(args: argparse.Namespace) -> configuration.Config:
         getattr(args, "config", None),
         {"data_dir": getattr(args, "data_dir", None), "htpasswd": getattr(args, "htpasswd", None)},
     )
+
+
+def _writable(directory: Path) -> None:
+    """Refuse to touch the daemon's files as a user whose files the daemon could not use."""
+    try:
+        check_writer(directory)
+    except OwnershipError as error:
+        raise AdminError(str(error)) from None
+    except PermissionError:
+        raise AdminError(f"cannot reach {directory}: permission denied; run as its owner or as root") from None
+
+
+def _empty(what: str) -> None:
+    print(f"otad-admin: {what}", file=sys.stderr)
 
 
 def _read_password(args: argparse.Namespace) -> bytes:
@@ -62,20 +75,32 @@ def _read_password(args: argparse.Namespace) -> bytes:
     return line.rstrip(b"\r\n")
 
 
+def _forget_first_password(settings: configuration.Config, name: bytes) -> None:
+    # The kept first password is only for a first user nobody has touched yet.
+    if name == users.FIRST_USER:
+        users.forget_first_password(settings.first_password_file)
+
+
 def user_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _writable(settings.htpasswd.parent)
+    name = args.name.encode("utf-8")
     try:
-        users.set_password(settings.htpasswd, args.name.encode("utf-8"), _read_password(args))
+        users.set_password(settings.htpasswd, name, _read_password(args))
     except users.UsersFileError as error:
         raise AdminError(str(error)) from None
+    _forget_first_password(settings, name)
     print(f"set the password of {args.name} in {settings.htpasswd}")
     return 0
 
 
 def user_remove(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if not users.remove_user(settings.htpasswd, args.name.encode("utf-8")):
+    _writable(settings.htpasswd.parent)
+    name = args.name.encode("utf-8")
+    if not users.remove_user(settings.htpasswd, name):
         raise AdminError(f"no user {args.name} in {settings.htpasswd}")
+    _forget_first_password(settings, name)
     print(f"removed {args.name} from {settings.htpasswd}")
     return 0
 
@@ -87,13 +112,19 @@ def user_list(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         names = []
     decoded = [name.decode("utf-8", "replace") for name in names]
-    print(json.dumps(decoded) if args.json else "\n".join(decoded))
+    if args.json:
+        print(json.dumps(decoded))
+    elif decoded:
+        print("\n".join(decoded))
+    else:
+        _empty(f"no users in {settings.htpasswd}")
     return 0
 
 
 @contextlib.contextmanager
 def _open_store(args: argparse.Namespace) -> Iterator[Store]:
     settings = _settings(args)
+    _writable(settings.data_dir)
     # Opening would create an empty database: a mistyped --data-dir must not look like "no data".
     if not settings.database.exists():
         raise AdminError(f"no state database at {settings.database}; has otad been started with this --data-dir?")
@@ -124,6 +155,8 @@ def events(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{**row.__dict__, "at": _when(row.at)} for row in rows]))
         return 0
+    if not rows:
+        _empty("no events yet")
     for row in rows:
         extras = " ".join(f"{key}={value}" for key, value in (("user", row.user), ("udid", row.udid), ("serial", row.serial)) if value)
         print(f"{_when(row.at)} {row.kind} {row.outcome} {extras} {row.reason or ''}".rstrip())
@@ -150,6 +183,12 @@ def _duration(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _udid(text: str) -> str:
+    if not is_udid(text):
+        raise argparse.ArgumentTypeError(f"not a device UDID (8 to 64 letters, digits and dashes): {text!r}")
+    return text
+
+
 def challenge_create(args: argparse.Namespace) -> int:
     now = time.time()
     token, digest = tokens.mint()
@@ -162,6 +201,41 @@ def challenge_create(args: argparse.Namespace) -> int:
     # Only the token goes to stdout, so that CHALLENGE=$(otad-admin challenge create) captures it alone.
     print(f"static challenge {challenge_id}: {uses} use(s) until {_when(now + args.ttl)}{bound}", file=sys.stderr)
     print(token)
+    return 0
+
+
+def _challenge_status(challenge: Challenge, now: float) -> str:
+    reason = challenge.refusal(CHALLENGE_KINDS, now)
+    return {None: "usable", "challenge revoked": "revoked", "challenge expired": "expired"}.get(reason, "used")
+
+
+def challenge_list(args: argparse.Namespace) -> int:
+    now = time.time()
+    kinds = CHALLENGE_KINDS if args.all else ("static",)
+    with _open_store(args) as store:
+        found = store.challenges(kinds)
+    rows = [
+        {
+            "id": challenge.id,
+            "kind": challenge.kind,
+            "status": _challenge_status(challenge, now),
+            "uses_left": challenge.uses_left,
+            "expires": _when(challenge.expires),
+            "bound_to": challenge.bound_to,
+        }
+        for challenge in found
+        if args.all or _challenge_status(challenge, now) == "usable"
+    ]
+    what = "challenges" if args.all else "usable static challenges (--all shows every kind and state)"
+    return _print_rows(args, rows, "{id}  {kind}  {status:<7}  {uses_left} left  {expires}  {bound_to}", f"no {what}")
+
+
+def challenge_revoke(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        revoked = store.revoke_challenge(args.id, now=time.time())
+    if not revoked:
+        raise AdminError(f"no unrevoked challenge with id {args.id}")
+    print(f"revoked challenge {args.id}")
     return 0
 
 
@@ -178,11 +252,13 @@ def _serial(text: str) -> str:
     return serial_hex(int(cleaned, 16))
 
 
-def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]], line: str) -> int:
-    """A listing: JSON with --json, else one line per row from ``line`` (empty fields shown as -)."""
+def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]], line: str, empty: str) -> int:
+    """A listing: JSON with --json, else one line per row from ``line`` (empty fields shown as -), or ``empty`` on stderr."""
     if args.json:
         print(json.dumps(rows))
         return 0
+    if not rows:
+        _empty(empty)
     for row in rows:
         print(line.format(**{key: "-" if value is None else value for key, value in row.items()}))
     return 0
@@ -209,7 +285,8 @@ def certs_list(args: argparse.Namespace) -> int:
         for record in records
     ]
     # The subject goes last: it is the only field that may contain spaces.
-    return _print_rows(args, rows, "{serial}  {status:<7}  {not_after}  {udid}  {subject}")
+    empty = f"no certificates for {args.udid}" if args.udid else "no certificates issued yet"
+    return _print_rows(args, rows, "{serial}  {status:<7}  {not_after}  {udid}  {subject}", empty)
 
 
 def certs_show(args: argparse.Namespace) -> int:
@@ -274,7 +351,8 @@ def requests_list(args: argparse.Namespace) -> int:
         }
         for request in held
     ]
-    return _print_rows(args, rows, "{transaction_id}  {status}  {udid}  {created}  {subject}")
+    empty = "no SCEP requests held" if args.all else "no SCEP requests waiting for a decision"
+    return _print_rows(args, rows, "{transaction_id}  {status}  {udid}  {created}  {subject}", empty)
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
@@ -309,7 +387,7 @@ def devices(args: argparse.Namespace) -> int:
         }
         for device in found
     ]
-    return _print_rows(args, rows, "{udid}  {user}  {product}  {last_seen}")
+    return _print_rows(args, rows, "{udid}  {user}  {product}  {last_seen}", "no devices have enrolled yet")
 
 
 # -- profiles --------------------------------------------------------------------------------
@@ -336,12 +414,15 @@ def lint(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False)
     hidden = argparse.SUPPRESS
     common.add_argument("--config", "-c", default=hidden, help="the daemon's ini configuration file")
     common.add_argument("--data-dir", "-d", default=hidden, help="the daemon's data directory (certs/ and the store)")
     common.add_argument("--htpasswd", default=hidden, help="the users file (default: DATA_DIR/htpasswd)")
-    parser = _Parser(prog="otad-admin", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="otad-admin", description=__doc__, parents=[common], epilog="Exit status: 0 ok, 1 failed (lint: errors found), 2 usage error."
+    )
+    parser.add_argument("--version", action="version", version=f"otad-admin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     user = commands.add_parser("user", parents=[common], help="manage the users who may enroll")
@@ -368,8 +449,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--uses", type=_uses, default=1, help=f"how many certificates it may enroll (1 to {MAX_STATIC_USES}; default 1)")
     create.add_argument("--ttl", type=_duration, default="1h", help="how long it stays valid, like 15m, 1h or 30d (default 1h)")
-    create.add_argument("--bind-udid", metavar="UDID", help="record this UDID as the challenge's binding")
+    create.add_argument("--bind-udid", metavar="UDID", type=_udid, help="record this UDID as the challenge's binding")
     create.set_defaults(run=challenge_create)
+    challenge_listing = challenge_actions.add_parser(
+        "list", parents=[common], help="usable static challenges (--all: every kind, used, expired and revoked ones too)"
+    )
+    challenge_listing.add_argument("--all", action="store_true")
+    challenge_listing.add_argument("--json", action="store_true")
+    challenge_listing.set_defaults(run=challenge_list)
+    challenge_revoking = challenge_actions.add_parser("revoke", parents=[common], help="make a challenge unusable at once")
+    challenge_revoking.add_argument("id", type=int, help="the challenge's id, as challenge create and challenge list show it")
+    challenge_revoking.set_defaults(run=challenge_revoke)
 
     certs = commands.add_parser("certs", parents=[common], help="the certificates otad issued")
     certs_actions = certs.add_subparsers(dest="action", required=True)
@@ -412,11 +502,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        run: Callable[[argparse.Namespace], int] = args.run
-        return run(args)
+    except SystemExit as leaving:
+        # --help, --version (0) and usage errors (2): argparse has already printed its lines.
+        return leaving.code if isinstance(leaving.code, int) else FAILED
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        status = run(args)
+        sys.stdout.flush()
+        return status
     except (AdminError, configuration.ConfigError) as error:
         print(f"otad-admin: {error}", file=sys.stderr)
-        return 1
+        return FAILED
+    except BrokenPipeError:
+        # `otad-admin events | head -1`: the reader has all it wanted. Python would print a
+        # traceback flushing stdout at exit, so point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE
 
 
 if __name__ == "__main__":

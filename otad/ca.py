@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from otad.certificate_rules import tls_server_problems
+from otad.files import make_directory, write_atomically
+
 CA_VALIDITY = datetime.timedelta(days=3652)
-# iOS refuses TLS server certificates valid for more than 825 days.
-TLS_VALIDITY = datetime.timedelta(days=825)
+# Apple refuses TLS server certificates valid for more than 825 days from notBefore to
+# notAfter; 824 keeps a day's margin whichever way a client counts the end second.
+TLS_VALIDITY = datetime.timedelta(days=824)
 SIGNER_VALIDITY = datetime.timedelta(days=3 * 365)
 RA_VALIDITY = datetime.timedelta(days=3 * 365)
-# Renew the TLS certificate at start-up when it has less than this left.
-TLS_RENEW_BEFORE = datetime.timedelta(days=30)
+# otad renews its own leaf certificates (TLS, signing, RA) when less than this is left, and
+# warns about any of its certificates that will be invalid within WARN_BEFORE (the root CA,
+# which cannot renew itself, from a year before, because every certificate it issues ends with it).
+RENEW_BEFORE = datetime.timedelta(days=60)
+WARN_BEFORE = datetime.timedelta(days=30)
+ROOT_WARN_BEFORE = datetime.timedelta(days=365)
+# Every notBefore is this much in the past, for devices whose clocks run a little behind;
+# lifetimes are counted from it, so the backdating is part of the validity period.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 LEAF_KEY_SIZE = 2048
 
@@ -41,9 +50,13 @@ class Identity:
     chain: tuple[x509.Certificate, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Authority:
-    """The identities otad serves with. ``signer`` signs profiles; ``ra`` answers SCEP."""
+    """The identities otad serves with. ``signer`` signs profiles; ``ra`` answers SCEP.
+
+    The leaf identities are replaced in place (on the reactor thread) when otad renews them,
+    so everything holding the Authority uses the renewed certificate from then on.
+    """
 
     root: Identity
     tls: Identity
@@ -63,30 +76,16 @@ class Authority:
     def root_cert_path(self) -> Path:
         return self.certs_dir / "ca.pem"
 
+    def adopt(self, renewed: Authority) -> None:
+        """Take the leaf identities of ``renewed`` (same root), as ``maintain`` returned them."""
+        if renewed.root.cert != self.root.cert:
+            raise ValueError("a renewed authority must keep the same root CA")
+        self.tls, self.signer, self.ra = renewed.tls, renewed.signer, renewed.ra
+
 
 def generate_key(bits: int = LEAF_KEY_SIZE) -> rsa.RSAPrivateKey:
     """A fresh RSA key; slow (seconds for 4096 bits), never call it on the reactor thread."""
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(descriptor, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -128,16 +127,18 @@ def issue(
 ) -> x509.Certificate:
     """Sign a certificate for ``public_key`` with the issuer's key: SHA-256, SKI/AKI, not a CA.
 
-    The validity never outlasts the issuer, and starts a few minutes early for clock skew.
+    The validity starts a few minutes early for clock skew, lasts ``lifetime`` from there, and
+    never outlasts the issuer.
     """
-    not_after = min(now + lifetime, issuer.cert.not_valid_after_utc)
+    not_before = now - CLOCK_SKEW
+    not_after = min(not_before + lifetime, issuer.cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.cert.subject)
         .public_key(public_key)
         .serial_number(serial if serial is not None else x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
@@ -159,7 +160,7 @@ def _self_signed_root(key: rsa.RSAPrivateKey, subject: x509.Name, now: datetime.
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + CA_VALIDITY)
+        .not_valid_after(now - CLOCK_SKEW + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
@@ -167,11 +168,19 @@ def _self_signed_root(key: rsa.RSAPrivateKey, subject: x509.Name, now: datetime.
     )
 
 
+def _general_name(hostname: str) -> x509.GeneralName:
+    """A host name as Apple wants it in subjectAltName: an iPAddress entry for an address, else a dNSName."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        return x509.DNSName(hostname)
+
+
 def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, hostname: str, now: datetime.datetime) -> x509.Certificate:
-    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    names: list[x509.GeneralName] = [_general_name(hostname)]
     if hostname != "localhost":
         names.append(x509.DNSName("localhost"))
-    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    names.extend(x509.IPAddress(ipaddress.ip_address(address)) for address in ("127.0.0.1", "::1") if address != hostname)
     return issue(
         root,
         key.public_key(),
@@ -250,6 +259,28 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return cert.issuer == issuer.subject
 
 
+@dataclass(frozen=True)
+class _Leaf:
+    """One of otad's own leaf certificates: its file name, lifetime and how to make it for a key."""
+
+    name: str
+    lifetime: datetime.timedelta
+    make: Callable[[Identity, rsa.RSAPrivateKey, _Names, datetime.datetime], x509.Certificate]
+
+
+@dataclass(frozen=True)
+class _Names:
+    hostname: str
+    organization: str
+
+
+_LEAVES = (
+    _Leaf("tls", TLS_VALIDITY, lambda root, key, names, now: _tls_cert(root, key, names.hostname, now)),
+    _Leaf("signing", SIGNER_VALIDITY, lambda root, key, names, now: _signer_cert(root, key, names.organization, now)),
+    _Leaf("ra", RA_VALIDITY, lambda root, key, names, now: _ra_cert(root, key, names.organization, now)),
+)
+
+
 def bootstrap(
     certs_dir: Path,
     *,
@@ -259,16 +290,23 @@ def bootstrap(
     ca_key_size: int,
     now: datetime.datetime,
     report: Callable[[str], None],
+    warn: Callable[[str], None] | None = None,
+    create: bool = True,
 ) -> Authority:
-    """Load otad's identities from ``certs_dir``, creating whatever has never existed.
+    """Load otad's identities from ``certs_dir``, creating whatever has never existed, then ``maintain`` them.
 
     A key without its certificate (a crash between the two writes) gets a new certificate for
     the same key; a certificate without its key, a key that does not match, or leaf files
     without a CA stop the start: otad never silently replaces a key that may be in use.
-    ``report`` receives one line per thing created or renewed.
+    ``report`` receives one line per thing created or renewed, ``warn`` one per certificate
+    that will soon be invalid. With ``create`` false (a check while otad runs) a missing file
+    is an error: nothing is created behind the running daemon's back.
     """
-    certs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_directory(certs_dir)
     ca_key_path, ca_cert_path = certs_dir / "ca.key", certs_dir / "ca.pem"
+    if not create:
+        leaf_files = [certs_dir / f"{leaf.name}.{kind}" for leaf in _LEAVES for kind in ("key", "pem")]
+        _require_existing(certs_dir, [ca_key_path, ca_cert_path, *leaf_files])
     if not ca_key_path.exists():
         if ca_cert_path.exists():
             raise BootstrapError(f"{ca_cert_path} exists but its key {ca_key_path} does not; restore the key")
@@ -287,48 +325,112 @@ def bootstrap(
     if not _same_key(ca_cert, ca_key):
         raise BootstrapError(f"{ca_cert_path} does not match the key in {ca_key_path}")
     root = Identity(ca_cert, ca_key)
+    names = _Names(hostname, organization)
+    leaves = {leaf.name: _load_leaf(certs_dir, leaf, root, names, now, report) for leaf in _LEAVES}
+    authority = Authority(root=root, tls=leaves["tls"], signer=leaves["signing"], ra=leaves["ra"], certs_dir=certs_dir)
+    return maintain(authority, hostname=hostname, organization=organization, now=now, report=report, warn=warn or report)
 
-    def leaf(name: str, make: Callable[[rsa.RSAPrivateKey], x509.Certificate]) -> Identity:
-        key_path, cert_path = certs_dir / f"{name}.key", certs_dir / f"{name}.pem"
-        if not key_path.exists():
-            if cert_path.exists():
-                raise BootstrapError(f"{cert_path} exists but its key {key_path} does not; restore the key")
-            write_atomically(key_path, _key_pem(generate_key()), 0o600)
-            report(f"created a {LEAF_KEY_SIZE}-bit key at {key_path}")
-        key = _read_key(key_path)
-        if not cert_path.exists():
-            write_atomically(cert_path, _cert_pem(make(key)), 0o644)
-            report(f"created the certificate {cert_path}")
-        cert = _read_cert(cert_path)
-        if not _same_key(cert, key):
-            raise BootstrapError(f"{cert_path} does not match the key in {key_path}")
-        if not _issued_by(cert, ca_cert):
-            raise BootstrapError(f"{cert_path} was not issued by the CA in {ca_cert_path}")
-        return Identity(cert, key, (ca_cert,))
 
-    tls = leaf("tls", lambda key: _tls_cert(root, key, hostname, now))
-    if tls.cert.not_valid_after_utc - now < TLS_RENEW_BEFORE:
-        renewed = _tls_cert(root, tls.key, hostname, now)
-        write_atomically(certs_dir / "tls.pem", _cert_pem(renewed), 0o644)
-        report(f"renewed the TLS certificate, which expired on {tls.cert.not_valid_after_utc:%Y-%m-%d}")
-        tls = Identity(renewed, tls.key, (ca_cert,))
-    if hostname not in tls_names(tls.cert):
-        report(
-            f"warning: the TLS certificate names {', '.join(tls_names(tls.cert))}, not {hostname}; "
-            f"remove {certs_dir / 'tls.pem'} to have it reissued"
-        )
-    signer = leaf("signing", lambda key: _signer_cert(root, key, organization, now))
-    ra = leaf("ra", lambda key: _ra_cert(root, key, organization, now))
-    return Authority(root=root, tls=tls, signer=signer, ra=ra, certs_dir=certs_dir)
+def _require_existing(certs_dir: Path, paths: list[Path]) -> None:
+    missing = [path.name for path in paths if not path.exists()]
+    if missing:
+        raise BootstrapError(f"{certs_dir} lacks {', '.join(missing)}; restore it, or restart otad to create new ones")
+
+
+def _load_leaf(
+    certs_dir: Path, leaf: _Leaf, root: Identity, names: _Names, now: datetime.datetime, report: Callable[[str], None]
+) -> Identity:
+    key_path, cert_path = certs_dir / f"{leaf.name}.key", certs_dir / f"{leaf.name}.pem"
+    if not key_path.exists():
+        if cert_path.exists():
+            raise BootstrapError(f"{cert_path} exists but its key {key_path} does not; restore the key")
+        write_atomically(key_path, _key_pem(generate_key()), 0o600)
+        report(f"created a {LEAF_KEY_SIZE}-bit key at {key_path}")
+    key = _read_key(key_path)
+    if not cert_path.exists():
+        write_atomically(cert_path, _cert_pem(leaf.make(root, key, names, now)), 0o644)
+        report(f"created the certificate {cert_path}")
+    cert = _read_cert(cert_path)
+    if not _same_key(cert, key):
+        raise BootstrapError(f"{cert_path} does not match the key in {key_path}")
+    if not _issued_by(cert, root.cert):
+        raise BootstrapError(f"{cert_path} was not issued by the CA in {certs_dir / 'ca.pem'}")
+    return Identity(cert, key, (root.cert,))
+
+
+def _renewal_reason(leaf: _Leaf, identity: Identity, root: Identity, hostname: str, now: datetime.datetime) -> str | None:
+    """Why ``identity`` should be reissued now, or None to keep it."""
+    cert = identity.cert
+    if leaf.name == "tls":
+        broken = tls_server_problems(cert, hostname, now)
+        if broken:
+            return f"it breaks Apple's TLS rules: {'; '.join(broken)}"
+    left = cert.not_valid_after_utc - now
+    # Reissuing cannot outlast the root; near the root's end it would change nothing.
+    if left < RENEW_BEFORE and cert.not_valid_after_utc < root.cert.not_valid_after_utc:
+        return f"it expires on {cert.not_valid_after_utc:%Y-%m-%d}"
+    return None
+
+
+def maintain(
+    authority: Authority,
+    *,
+    hostname: str,
+    organization: str,
+    now: datetime.datetime,
+    report: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> Authority:
+    """Reissue otad's own leaf certificates that need it; return the authority to use from now on.
+
+    The TLS, profile-signing and RA certificates keep their keys: devices and SCEP clients hold
+    the RA certificate between requests (a reply to a request encrypted to the old certificate
+    must still decrypt), and a key that never leaves certs/ gains nothing from rotation that a
+    new certificate does not give. The TLS certificate is also reissued when it no longer
+    names ``hostname`` or breaks Apple's rules (an older otad made it). ``warn`` gets a line
+    for each certificate, the root included, that will be invalid soon.
+    """
+    names = _Names(hostname, organization)
+    current = {"tls": authority.tls, "signing": authority.signer, "ra": authority.ra}
+    for leaf in _LEAVES:
+        identity = current[leaf.name]
+        reason = _renewal_reason(leaf, identity, authority.root, hostname, now)
+        if reason is None:
+            continue
+        cert = leaf.make(authority.root, identity.key, names, now)
+        write_atomically(authority.certs_dir / f"{leaf.name}.pem", _cert_pem(cert), 0o644)
+        report(f"renewed {authority.certs_dir / f'{leaf.name}.pem'} (same key) because {reason}; now valid until "
+               f"{cert.not_valid_after_utc:%Y-%m-%d}")
+        current[leaf.name] = Identity(cert, identity.key, identity.chain)
+    renewed = Authority(
+        root=authority.root, tls=current["tls"], signer=current["signing"], ra=current["ra"], certs_dir=authority.certs_dir
+    )
+    for name, identity, horizon in (
+        ("root CA", authority.root, ROOT_WARN_BEFORE),
+        *((leaf.name, current[leaf.name], WARN_BEFORE) for leaf in _LEAVES),
+    ):
+        end = identity.cert.not_valid_after_utc
+        if end - now < horizon:
+            warn(expiry_warning(name, identity.cert, now))
+    return renewed
+
+
+def expiry_warning(name: str, cert: x509.Certificate, now: datetime.datetime) -> str:
+    """One line about a certificate that expires soon (or has), and what that stops."""
+    end = cert.not_valid_after_utc
+    when = f"expired on {end:%Y-%m-%d}" if end <= now else f"expires on {end:%Y-%m-%d} ({(end - now).days} days left)"
+    if name == "root CA":
+        return f"otad's root CA {when}; certificates it issues end with it: plan a new CA (README, 'When the root CA ends')"
+    return f"otad's {name} certificate {when} and cannot be renewed past the root CA's end"
 
 
 def tls_names(cert: x509.Certificate) -> list[str]:
-    """The DNS names a TLS certificate covers."""
+    """The DNS names and addresses a TLS certificate covers."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return san.get_values_for_type(x509.DNSName)
+    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
 
 
 def serial_hex(serial: int) -> str:

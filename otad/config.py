@@ -7,6 +7,7 @@ one-line error naming the key instead of being silently ignored.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import re
 import socket
 import string
@@ -14,6 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from otad import listeners
+from otad.listeners import Listener
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,18 @@ def parse_duration(text: str) -> int:
 
 def _words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
+
+
+def _listen(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    descriptions = tuple(text.split()) if isinstance(text, str) else tuple(text)
+    if not descriptions:
+        raise ValueError("at least one endpoint is needed")
+    for description in descriptions:
+        try:
+            listeners.parse(description)
+        except ValueError as error:
+            raise ValueError(f"{description!r}: {error}") from None
+    return descriptions
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -135,8 +151,12 @@ def _hostname(text: str) -> str:
     value = text.strip().lower()
     if not value:
         return ""  # filled in with this machine's name
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", value):
-        raise ValueError(f"not a DNS host name: {text!r}")
+        raise ValueError(f"not a DNS host name or IP address: {text!r}")
     return value
 
 
@@ -144,7 +164,7 @@ def _hostname(text: str) -> str:
 # `twistd otad` runs on with no config file; etc/otad.conf documents each of them.
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
     "server": {
-        "listen": (_words, "ssl:8443"),
+        "listen": (_listen, "ssl:8443"),
         "hostname": (_hostname, ""),
         "public_url": (_public_url, ""),
         "data_dir": (lambda text: text.strip(), "."),
@@ -152,6 +172,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
         "organization": (_nonempty, "Example Inc."),
         "max_body": (_int_range(1024, 16 * 1024 * 1024), "65536"),
         "json_log": (lambda text: text.strip(), ""),
+        "first_password": (_choice("auto", "log", "file"), "auto"),
         "crypto_threads": (_int_range(1, 64), "2"),
         "auth_threads": (_int_range(1, 64), "2"),
     },
@@ -207,6 +228,7 @@ class Config:
     organization: str = "Example Inc."
     max_body: int = 65536
     json_log: Path | None = None
+    first_password: str = "auto"
     crypto_threads: int = 2
     auth_threads: int = 2
     realm: str = "otad"
@@ -243,6 +265,15 @@ class Config:
     @property
     def database(self) -> Path:
         return self.data_dir / "otad.sqlite"
+
+    @property
+    def first_password_file(self) -> Path:
+        """Where the first user's password is kept (mode 0600) until it is used or changed."""
+        return self.data_dir / "first-password"
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        return tuple(listeners.parse(description) for description in self.listen)
 
 
 def default_hostname() -> str:
@@ -299,11 +330,9 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         if key not in ("listen", "data_dir", "hostname", "htpasswd"):
             raise ConfigError(f"unknown override {key}")
         try:
-            server[key] = _SCHEMA["server"][key][0](value) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+            server[key] = _SCHEMA["server"][key][0](value)  # type: ignore[arg-type]
         except ValueError as error:
             raise ConfigError(f"bad value for --{key.replace('_', '-')}: {error}") from None
-    if not server["listen"]:
-        raise ConfigError("bad value for [server] listen: at least one endpoint is needed")
     if "UDID" not in enrollment["device_attributes"]:  # type: ignore[operator]
         raise ConfigError("bad value for [enrollment] device_attributes: UDID is required")
     data_dir = Path(str(server["data_dir"])).expanduser().absolute()
@@ -319,6 +348,7 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         organization=organization,
         max_body=int(server["max_body"]),  # type: ignore[call-overload]
         json_log=json_log,
+        first_password=str(server["first_password"]),
         crypto_threads=int(server["crypto_threads"]),  # type: ignore[call-overload]
         auth_threads=int(server["auth_threads"]),  # type: ignore[call-overload]
         realm=str(enrollment["realm"]),

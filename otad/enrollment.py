@@ -27,6 +27,7 @@ from otad.config import Config
 from otad.device_trust import DeviceTrust
 from otad.pool import WorkerPool
 from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, Store, StoreThread
+from otad.udid import is_udid
 from otad.web import Refusal
 
 log = Logger()
@@ -34,10 +35,6 @@ log = Logger()
 
 class RepeatRedirect(Exception):
     """``on_repeat = redirect``: a device that already has its configuration is sent back to ``/enroll``."""
-
-
-# Real UDIDs: 40 hex digits (older iOS), 8-16 hex with a dash (newer iOS), UUIDs (Macs).
-_UDID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 
 
 def _subject_value(value: str) -> str:
@@ -70,7 +67,7 @@ def parse_device_attributes(content: bytes) -> dict[str, Any]:
     if not isinstance(attributes, dict):
         raise Refusal(400, "the signed property list is not a dictionary")
     udid = attributes.get("UDID")
-    if not isinstance(udid, str) or not _UDID.match(udid):
+    if not is_udid(udid):
         raise Refusal(400, "the device attributes lack a valid UDID")
     return attributes
 

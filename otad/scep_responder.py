@@ -70,8 +70,14 @@ class SCEPResponder:
         self._store = store
         self._crypto = crypto
         self._clock = clock
-        # With an RA (the default) the RA decrypts requests and signs replies; otherwise the CA does.
-        self._responder: Identity = authority.ra if config.ca_cert_format == "ca-ra" else authority.root
+
+    @property
+    def _responder(self) -> Identity:
+        """With an RA (the default) the RA decrypts requests and signs replies; otherwise the CA does.
+
+        Read on every request: otad renews the RA certificate while it runs.
+        """
+        return self._authority.ra if self._config.ca_cert_format == "ca-ra" else self._authority.root
 
     def capabilities(self) -> bytes:
         return "".join(f"{capability}\n" for capability in self._config.scep_capabilities).encode("ascii")
@@ -132,8 +138,9 @@ class SCEPResponder:
 
     async def _open(self, message: scep.PKIMessage) -> tuple[cms.Decrypted, Identity]:
         """Decrypt the envelope with the RA key, or the CA key for clients that encrypted to the CA."""
-        candidates = [self._responder]
-        if self._responder is not self._authority.root:
+        responder = self._responder
+        candidates = [responder]
+        if responder is not self._authority.root:
             candidates.append(self._authority.root)
         for identity in candidates:
             try:

@@ -41,6 +41,22 @@ class Challenge:
     created: float
     expires: float
     uses_left: int
+    revoked: float | None = None
+
+    def refusal(self, kinds: tuple[str, ...], now: float) -> str | None:
+        """Why this challenge cannot be used now for one of ``kinds``, or None if it can."""
+        if self.kind not in kinds:
+            return "unknown challenge"
+        if self.revoked is not None:
+            return "challenge revoked"
+        if self.expires <= now:
+            return "challenge expired"
+        if self.uses_left <= 0:
+            return "challenge already used"
+        return None
+
+
+_CHALLENGE_COLUMNS = "id, kind, bound_to, created, expires, uses_left, revoked"
 
 
 @dataclass(frozen=True)
@@ -189,19 +205,20 @@ class Store:
             )
         return int(cursor.lastrowid or 0)
 
+    def _usable_challenge(self, digest: bytes, kinds: tuple[str, ...], now: float) -> Challenge:
+        row = self._db.execute(f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            raise ChallengeRefused("unknown challenge")
+        challenge = Challenge(*row)
+        reason = challenge.refusal(kinds, now)
+        if reason is not None:
+            raise ChallengeRefused(reason)
+        return challenge
+
     def consume_challenge(self, digest: bytes, kinds: tuple[str, ...], *, now: float) -> Challenge:
         """Use one of a challenge's uses, atomically; two concurrent consumers can't both succeed."""
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT id, kind, bound_to, created, expires, uses_left FROM challenges WHERE digest = ?", (digest,)
-            ).fetchone()
-            if row is None or row[1] not in kinds:
-                raise ChallengeRefused("unknown challenge")
-            challenge = Challenge(*row)
-            if challenge.expires <= now:
-                raise ChallengeRefused("challenge expired")
-            if challenge.uses_left <= 0:
-                raise ChallengeRefused("challenge already used")
+            challenge = self._usable_challenge(digest, kinds, now)
             db.execute(
                 "UPDATE challenges SET uses_left = uses_left - 1, last_used = ? WHERE id = ? AND uses_left > 0",
                 (now, challenge.id),
@@ -210,17 +227,26 @@ class Store:
 
     def find_challenge(self, digest: bytes, kinds: tuple[str, ...], *, now: float) -> Challenge:
         """The live challenge with this digest, without using it (``consume_challenge`` decides later)."""
-        row = self._db.execute(
-            "SELECT id, kind, bound_to, created, expires, uses_left FROM challenges WHERE digest = ?", (digest,)
-        ).fetchone()
-        if row is None or row[1] not in kinds:
-            raise ChallengeRefused("unknown challenge")
-        challenge = Challenge(*row)
-        if challenge.expires <= now:
-            raise ChallengeRefused("challenge expired")
-        if challenge.uses_left <= 0:
-            raise ChallengeRefused("challenge already used")
-        return challenge
+        return self._usable_challenge(digest, kinds, now)
+
+    def challenges(self, kinds: tuple[str, ...] = CHALLENGE_KINDS) -> list[Challenge]:
+        """Every stored challenge of ``kinds``, oldest first (expired ones stay a day, see ``purge_challenges``)."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._db.execute(f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE kind IN ({marks}) ORDER BY id", kinds)
+        return [Challenge(*row) for row in rows]
+
+    def revoke_challenge(self, challenge_id: int, *, now: float) -> bool:
+        """Make a challenge unusable at once; False if there is no such unrevoked challenge."""
+        with self.transaction() as db:
+            changed = db.execute(
+                "UPDATE challenges SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, challenge_id)
+            ).rowcount
+            if changed:
+                db.execute(
+                    "INSERT INTO events (at, kind, outcome, reason) VALUES (?, 'challenge', 'revoked', ?)",
+                    (now, f"challenge {challenge_id}"),
+                )
+        return bool(changed)
 
     def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
         """Forget challenges that expired more than ``keep`` seconds ago; returns how many."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from cryptography.hazmat.primitives import serialization
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import (
     FilteringLogObserver,
@@ -24,13 +27,18 @@ from twisted.logger import (
     jsonFileLogObserver,
 )
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import provider
 
+from otad import __version__, systemd
 from otad import config as configuration
 from otad.ca import Authority, bootstrap
+from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.enrollment import Enrollment
+from otad.files import check_writer, make_directory
 from otad.pool import WorkerPool
+from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
 from otad.resources.ca import RootCertificate
 from otad.resources.enroll import enroll_resource
 from otad.resources.profile import ProfileRequest
@@ -40,7 +48,8 @@ from otad.resources.welcome import WelcomePage
 from otad.scep_responder import SCEPResponder
 from otad.store import Store, StoreThread
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
-from otad.users import HtpasswdChecker, create_first_user
+from otad.tls import ServerTLS
+from otad.users import FirstPassword, HtpasswdChecker, first_user
 from otad.web import OtadSite
 
 log = Logger()
@@ -52,10 +61,11 @@ class Options(usage.Options):
     synopsis = (
         "[--config FILE] [--listen STRPORT]... [--data-dir DIR] [--hostname NAME] [--htpasswd FILE] [--device-ca FILE]"
     )
+    longdesc = f"otad {__version__}: over-the-air enrollment and profile service for Apple devices."
     optParameters = [
         ["config", "c", None, "ini configuration file; etc/otad.conf documents every key"],
         ["data-dir", "d", None, "directory holding certs/ and the SQLite store (default: the current directory)"],
-        ["hostname", None, None, "name for the TLS certificate and payload URLs (default: this host's name)"],
+        ["hostname", None, None, "name (or IP address) for the TLS certificate and payload URLs (default: this host's name)"],
         ["htpasswd", None, None, "users file, Apache htpasswd format with bcrypt entries (default: DATA_DIR/htpasswd)"],
         ["device-ca", None, None, "PEM file of anchors for device identities, replacing Apple's (tests, private labs)"],
     ]
@@ -70,9 +80,14 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_version(self) -> NoReturn:
+        """Print otad's version and exit."""
+        print(f"otad {__version__}")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         overrides = {
-            "listen": self["listen"],
+            "listen": tuple(self["listen"]),
             "data_dir": self["data-dir"],
             "hostname": self["hostname"],
             "htpasswd": self["htpasswd"],
@@ -81,20 +96,9 @@ class Options(usage.Options):
         try:
             self["settings"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as error:
-            raise usage.UsageError(str(error)) from None
-
-
-def complete_endpoint(description: str, authority: Authority) -> str:
-    """Give ``ssl:PORT`` (with no key options) otad's generated TLS certificate and chain."""
-    kind = description.split(":", 1)[0].lower()
-    if kind not in ("ssl", "tls") or "privateKey=" in description or "certKey=" in description:
-        return description
-    quote = endpoints.quoteStringArgument
-    return (
-        f"{description}:privateKey={quote(str(authority.tls_key_path))}"
-        f":certKey={quote(str(authority.tls_cert_path))}"
-        f":extraCertChain={quote(str(authority.root_cert_path))}"
-    )
+            # A configuration error is not a usage error: one line, no usage text, exit status 1.
+            print(f"otad cannot start: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 @provider(ILogFilterPredicate)
@@ -139,11 +143,37 @@ def load_profile_templates(directory: Path | None) -> list[Template]:
     return load_templates(directory)
 
 
+class StartError(RuntimeError):
+    """The daemon cannot start; str() is the one line that says why."""
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data directory, or refuse one this process could not keep writable for its owner."""
+    try:
+        make_directory(data_dir)
+    except OSError as error:
+        raise StartError(f"cannot create the data directory {data_dir}: {error.strerror or error}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise StartError(f"cannot write the data directory {data_dir}: permission denied")
+    check_writer(data_dir)
+
+
+def _exit_failed() -> None:
+    """End the process with status 1 once the reactor has stopped: twistd itself would exit 0."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+AuthorityLoader = Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], Authority]
+
+
 class OtadService(MultiService):
     """Bootstraps certificates and the store on worker threads, then starts listening.
 
     Key generation happens here rather than in makeService so that it never runs on the
-    reactor thread; until it is done nothing listens.
+    reactor thread; until it is done nothing listens. A start that fails stops the reactor
+    and ends the process with exit status 1, after one line naming the cause.
     """
 
     def __init__(self, settings: configuration.Config, reactor: Any) -> None:
@@ -159,6 +189,7 @@ class OtadService(MultiService):
         if settings.json_log is not None:
             JSONLogService(settings.json_log).setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        self.keeper: CertificateKeeper | None = None
         self.ready: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -166,53 +197,134 @@ class OtadService(MultiService):
         self.ready = ensureDeferred(self._start())
         self.ready.addErrback(self._failed)
 
-    def _failed(self, failure: Any) -> None:
-        text = str(failure.value)
-        log.critical("otad cannot start: {reason}", reason=text.splitlines()[0] if text else failure.type.__name__)
+    def _failed(self, failure: Failure) -> None:
+        text = str(failure.value).strip()
+        line = f"otad cannot start: {text.splitlines()[0] if text else failure.type.__name__}"
+        log.critical("{line}", line=line)
+        print(line, file=sys.__stderr__, flush=True)
+        systemd.notify(f"STATUS={line}")
+        self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         if self._reactor.running:
             self._reactor.stop()
-        return None
+        else:
+            self._reactor.callWhenRunning(self._reactor.stop)
 
-    async def _start(self) -> None:
+    def _authority_loader(self, create: bool) -> AuthorityLoader:
         settings = self.settings
-        lines: list[str] = []
-        authority = await self.crypto.run(
-            lambda: bootstrap(
+
+        def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Authority:
+            return bootstrap(
                 settings.certs_dir,
                 hostname=settings.hostname,
                 organization=settings.organization,
                 common_name=settings.ca_common_name,
                 ca_key_size=settings.ca_key_size,
-                now=datetime.datetime.now(datetime.UTC),
-                report=lines.append,
+                now=now,
+                report=report,
+                warn=warn,
+                create=create,
             )
-        )
-        for line in lines:
+
+        return load
+
+    async def _start(self) -> None:
+        settings = self.settings
+        log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
+        await self.crypto.run(prepare_data_dir, settings.data_dir)
+        now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
+        created: list[str] = []
+        warnings: list[str] = []
+        authority = await self.crypto.run(self._authority_loader(create=True), now, created.append, warnings.append)
+        for line in created:
             log.info("certificates: {line}", line=line)
+        for line in warnings:
+            log.warn("certificates: {line}", line=line)
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
-        TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
-        first_password = await self.crypto.run(create_first_user, settings.htpasswd)
         site = self.build_site(authority, DeviceTrust(settings.device_policy, anchors), profile_templates)
-        urls = []
-        for description in settings.listen:
-            endpoint = endpoints.serverFromString(self._reactor, complete_endpoint(description, authority))
-            port = await endpoint.listen(site)
-            self.ports.append(port)
-            scheme = "https" if description.split(":", 1)[0].lower() in ("ssl", "tls") else "http"
-            urls.append(f"{scheme}://{settings.hostname}:{port.getHost().port}")
-        if first_password is not None:
-            # Shown once, on the first start only, so that a newcomer can log in at all.
-            log.warn(
-                "created the users file {path} with user 'apple' and password {first_password}; "
-                "enroll at {url}",
-                path=str(settings.htpasswd),
-                first_password=first_password,
-                url=f"{settings.public_url or urls[0]}/enroll",
-            )
+        urls, own_tls, operators = await self._listen(site, authority, now)
+        self.keeper = CertificateKeeper(
+            authority, self._authority_loader(create=False), own_tls, operators, settings.hostname, self.crypto, self._reactor
+        )
+        self.keeper.setServiceParent(self)
+        signal.signal(signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reload))
+        TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
+        # Only now, with every port bound: a start that failed earlier leaves no users file behind.
+        first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file)
+        self._announce_first_password(first, urls)
         for url in urls:
             log.info("otad listening on {url}/", url=url)
+        systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))
+
+    async def _listen(
+        self, site: OtadSite, authority: Authority, now: datetime.datetime
+    ) -> tuple[list[str], ServerTLS | None, list[OperatorTLS]]:
+        """Bind every configured listener; HTTPS ones serve otad's TLS certificate or the operator's files."""
+        settings = self.settings
+        own_tls: ServerTLS | None = None
+        operators: list[OperatorTLS] = []
+        urls = []
+        for listener in settings.listeners:
+            factory: Any = site
+            if listener.tls and listener.files:
+                key, chain = await self.crypto.run(load_operator_tls, listener)
+                operator = OperatorTLS(listener, ServerTLS(key, chain))
+                operators.append(operator)
+                factory = operator.server.wrap(site)
+                for problem in tls_server_problems(chain[0], settings.hostname, now):
+                    log.warn("the TLS certificate {path} will be refused by Apple devices: {problem}",
+                             path=str(listener.files["certKey"]), problem=problem)
+            elif listener.tls:
+                if own_tls is None:
+                    own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain])
+                factory = own_tls.wrap(site)
+            try:
+                port = await listener.endpoint(self._reactor).listen(factory)
+            except CannotListenError as error:
+                cause = error.socketError
+                raise StartError(f"cannot listen on {listener.description}: {getattr(cause, 'strerror', None) or cause}") from None
+            self.ports.append(port)
+            address = port.getHost()
+            port_number = getattr(address, "port", None)
+            urls.append(f"{listener.scheme}://{settings.hostname}:{port_number}" if port_number is not None else listener.description)
+        return urls, own_tls, operators
+
+    def reload(self) -> Deferred[None]:
+        """SIGHUP (``systemctl reload otad``): re-read certs/ and operators' TLS files, renewing what needs it."""
+        keeper = self.keeper
+        if keeper is None:
+            return succeed(None)
+        log.info("reloading certificates")
+        systemd.notify("RELOADING=1")
+        checking = ensureDeferred(keeper.check())
+        checking.addErrback(lambda failure: log.error("reloading certificates failed: {reason}", reason=str(failure.value)))
+        checking.addBoth(lambda _: None)
+        checking.addCallback(lambda _: systemd.notify("READY=1") and None)
+        return checking
+
+    def _announce_first_password(self, first: FirstPassword | None, urls: list[str]) -> None:
+        if first is None:
+            return
+        settings = self.settings
+        https = [url for url in urls if url.startswith("https:")]
+        enroll = f"{settings.public_url or (https or urls)[0]}/enroll"
+        # Under systemd (JOURNAL_STREAM) "auto" keeps the password out of the journal: the file has it.
+        shown = settings.first_password == "log" or (settings.first_password == "auto" and "JOURNAL_STREAM" not in os.environ)
+        opening = "created the users file {path} with" if first.created else "the users file {path} still has"
+        if shown:
+            # The JSON log leaves this event out (its first_password field): it reaches the console only.
+            log.warn(
+                opening + " user 'apple' and password {first_password}; enroll at {url} "
+                "(until it is used, the password is also in {keep})",
+                path=str(settings.htpasswd), first_password=first.password, url=enroll, keep=str(settings.first_password_file),
+            )
+        else:
+            log.warn(
+                opening + " user 'apple'; its password is in {keep} (readable by otad's user only) "
+                "until it is used or changed; enroll at {url}",
+                path=str(settings.htpasswd), keep=str(settings.first_password_file), url=enroll,
+            )
 
     def _purge(self) -> Deferred[object]:
         now = self._reactor.seconds()
@@ -224,7 +336,7 @@ class OtadService(MultiService):
     def build_site(self, authority: Authority, device_trust: DeviceTrust, profile_templates: list[Template]) -> OtadSite:
         settings = self.settings
         enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor, device_trust, profile_templates)
-        checker = HtpasswdChecker(settings.htpasswd, self.auth.run)
+        checker = HtpasswdChecker(settings.htpasswd, self.auth.run, settings.first_password_file)
         root = Root(
             {
                 b"": WelcomePage(settings.organization, settings.display_name),
@@ -244,6 +356,7 @@ class OtadService(MultiService):
                 await stopping
 
     def stopService(self) -> Deferred[None]:
+        systemd.notify("STOPPING=1")
         stopping = ensureDeferred(self._stop_listening())
         stopping.addCallback(lambda _: MultiService.stopService(self))
         return stopping

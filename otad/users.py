@@ -10,6 +10,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from otad.ca import write_atomically
+from otad.files import sync_directory, write_atomically
 
 log = Logger()
 
@@ -98,16 +99,47 @@ def remove_user(path: Path, name: bytes) -> bool:
     return True
 
 
-def create_first_user(path: Path, name: bytes = b"apple") -> str | None:
-    """With no users file, create one holding ``name`` with a random password and return it.
+FIRST_USER = b"apple"
 
-    Returns None when the file already exists: otad never overwrites a users file.
+
+@dataclass(frozen=True)
+class FirstPassword:
+    """The first user's password, while nobody has used or changed it; ``created`` on the start that made it."""
+
+    password: str
+    created: bool
+
+
+def first_user(htpasswd: Path, keep: Path) -> FirstPassword | None:
+    """Create the users file with the first user, or find that user's password still unused in ``keep``.
+
+    The password is written to ``keep`` (mode 0600) before the users file exists, so no users
+    file ever holds a password that nobody can read; ``keep`` goes when the password is used
+    (``HtpasswdChecker``) or changed. Returns None when there is nothing to show.
     """
-    if path.exists():
+    if not htpasswd.exists():
+        password = secrets.token_urlsafe(12)
+        write_atomically(keep, f"{password}\n".encode("ascii"), 0o600)
+        set_password(htpasswd, FIRST_USER, password.encode("ascii"))
+        return FirstPassword(password, created=True)
+    try:
+        password = keep.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
         return None
-    password = secrets.token_urlsafe(12)
-    set_password(path, name, password.encode("ascii"))
-    return password
+    hashed = _read(htpasswd).get(FIRST_USER)
+    if hashed is None or not check_password(password.encode("ascii"), hashed):
+        forget_first_password(keep)
+        return None
+    return FirstPassword(password, created=False)
+
+
+def forget_first_password(keep: Path) -> None:
+    """Remove the kept first password: it has been used, or the first user was changed or removed."""
+    try:
+        keep.unlink()
+    except FileNotFoundError:
+        return
+    sync_directory(keep.parent)
 
 
 @implementer(ICredentialsChecker)
@@ -120,8 +152,9 @@ class HtpasswdChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, path: Path, run: Callable[..., Deferred[Any]]) -> None:
+    def __init__(self, path: Path, run: Callable[..., Deferred[Any]], first_password: Path | None = None) -> None:
         self._path = path
+        self._first_password = first_password
         self._run = run
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
@@ -152,6 +185,9 @@ class HtpasswdChecker:
             raise UnauthorizedLogin("unsupported password hash")
         if not check_password(password, hashed):
             raise UnauthorizedLogin("unknown user or wrong password")
+        if name == FIRST_USER and self._first_password is not None and self._first_password.exists():
+            forget_first_password(self._first_password)
+            log.info("the first user logged in; removed {path}", path=str(self._first_password))
         return name
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:

@@ -6,7 +6,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import treq
@@ -30,19 +30,32 @@ class DaemonExited(Exception):
 class Daemon(ProcessProtocol):
     """One ``twistd -n otad`` child. ``start()`` fires with the port once it is listening."""
 
-    def __init__(self, data_dir: Path, extra: Sequence[str] = (), listen: str = "ssl:0:interface=127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra: Sequence[str] = (),
+        listen: str = "ssl:0:interface=127.0.0.1",
+        *,
+        environment: Mapping[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """``prefix`` runs the daemon through another command (``setpriv --reuid=...``); ``environment`` adds variables."""
         self.data_dir = data_dir
         self.args = ["--data-dir", str(data_dir), "--hostname", "localhost", "--listen", listen, *extra]
+        self.environment = dict(environment or {})
+        self.prefix = list(prefix)
         self.output = b""
+        self.errors = b""
         self.port = 0
         self._listening: Deferred[int] = Deferred()
-        self._exited: Deferred[int] = Deferred()
+        self._exited: Deferred[int | None] = Deferred()
         self.exit_code: int | None = None
 
     def start(self) -> Deferred[int]:
-        environment = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "otad", *self.args]
-        global_reactor.spawnProcess(self, sys.executable, command, env=environment, path=str(self.data_dir.parent))
+        environment = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **self.environment}
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+        command = [*self.prefix, *twistd, "otad", *self.args]
+        global_reactor.spawnProcess(self, command[0], command, env=environment, path=str(self.data_dir.parent))
         return self._listening
 
     def outReceived(self, data: bytes) -> None:
@@ -52,26 +65,33 @@ class Daemon(ProcessProtocol):
             self.port = int(match.group(2))
             self._listening.callback(self.port)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+        self.outReceived(data)
 
     def processEnded(self, reason: Failure) -> None:
         self.exit_code = reason.value.exitCode if reason.check(ProcessDone, ProcessTerminated) else None
         if not self._listening.called:
             self._listening.errback(DaemonExited(self.output.decode("utf-8", "replace")))
-        self._exited.callback(self.exit_code or 0)
+        self._exited.callback(self.exit_code)
 
     @property
     def first_password(self) -> str | None:
         match = _PASSWORD.search(self.output)
         return match.group(1).decode() if match else None
 
-    def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
+    def stop(self, sig: int = signal.SIGTERM) -> Deferred[int | None]:
         """Signal the daemon (SIGTERM, or SIGKILL for crash tests) and wait until it has exited."""
         if self.exit_code is None and not self._exited.called:
             self.transport.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
         return self._exited
 
-    def exited(self) -> Deferred[int]:
+    def signal(self, name: str) -> None:
+        """Send a signal (``HUP`` to reload) without waiting."""
+        self.transport.signalProcess(name)
+
+    def exited(self) -> Deferred[int | None]:
+        """Fires with the exit status (None if a signal ended it)."""
         return self._exited
 
     def url(self, path: str) -> str:

@@ -6,10 +6,14 @@ import datetime
 import functools
 import io
 import json
+import os
 import plistlib
 import re
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -158,12 +162,16 @@ class AdminTests(TestCase):
             ChallengeRefused, self.store.consume_challenge, tokens.digest(out.strip()), ("static",), now=default.expires
         )
 
-    def test_challenge_refuses_bad_uses_and_ttl(self) -> None:
-        """Uses outside 1..1000000 and a zero or malformed TTL are one-line errors (exit 1) that create nothing."""
-        for argv in (["--uses", "0"], ["--uses", "1000001"], ["--uses", "many"], ["--ttl", "0"], ["--ttl", "1y"]):
+    def test_challenge_refuses_bad_uses_ttl_and_udid(self) -> None:
+        """Uses outside 1..1000000, a zero or malformed TTL and a UDID of the wrong shape are usage errors (exit 2)
+        whose last stderr line names the option, and they create nothing."""
+        for argv in (
+            ["--uses", "0"], ["--uses", "1000001"], ["--uses", "many"], ["--ttl", "0"], ["--ttl", "1y"],
+            ["--bind-udid", "short"], ["--bind-udid", "has space 0123456789"], ["--bind-udid", "x" * 65],
+        ):
             status, out, err = self.admin("challenge", "create", *argv)
-            self.assertEqual((status, out), (1, ""), argv)
-            self.assertOneErrorLine(err, argv[0])
+            self.assertEqual((status, out), (2, ""), argv)
+            self.assertIn(argv[0], err.splitlines()[-1])
         self.assertEqual(self.store.events(), [])
 
     def test_missing_database_is_an_error(self) -> None:
@@ -317,11 +325,122 @@ class AdminTests(TestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertOneErrorLine(err, "no user alice")
 
-    def test_usage_error_is_one_line(self) -> None:
-        """An unknown command is one stderr line and exit 1, so exit 2 stays reserved for lint errors."""
+    def test_usage_error_exits_2(self) -> None:
+        """An unknown command exits 2 (argparse's usage status) with the usage and a line naming it on stderr."""
         status, out, err = self.admin("certs", "frobnicate")
+        self.assertEqual((status, out), (2, ""))
+        self.assertTrue(err.startswith("usage: otad-admin"), err)
+        self.assertIn("frobnicate", err.splitlines()[-1])
+
+    def test_version(self) -> None:
+        """`otad-admin --version` prints otad's version and exits 0."""
+        from otad import __version__
+
+        status, out, _ = self.admin("--version")
+        self.assertEqual((status, out), (0, f"otad-admin {__version__}\n"))
+
+    def test_empty_listings_say_so(self) -> None:
+        """On a fresh store every listing prints nothing on stdout and one line on stderr saying it is empty."""
+        self.store.close()
+        for path in self.directory.glob("otad.sqlite*"):
+            path.unlink()
+        self.store = Store(self.directory / "otad.sqlite")
+        for argv, words in (
+            (["devices"], "no devices"),
+            (["certs", "list"], "no certificates"),
+            (["certs", "list", "--udid", UDID], f"no certificates for {UDID}"),
+            (["requests", "list"], "no SCEP requests"),
+            (["events"], "no events"),
+            (["challenge", "list"], "no usable static challenges"),
+            (["user", "list"], "no users"),
+        ):
+            status, out, err = self.admin(*argv)
+            self.assertEqual((status, out), (0, ""), argv)
+            self.assertOneErrorLine(err, words)
+        status, out, err = self.admin("devices", "--json")
+        self.assertEqual((status, out, err), (0, "[]\n", ""))
+
+    def test_closed_pipe_is_quiet(self) -> None:
+        """`otad-admin events | head -1` prints one line and no traceback; otad-admin exits 141 (SIGPIPE's status)."""
+        script = Path(sys.executable).parent / "otad-admin"
+        with self.store.transaction():
+            for number in range(3000):
+                self.store.record_event(now=1_700_000_000 + number, kind="test", outcome="filler", reason="x" * 40)
+        result = subprocess.run(
+            ["bash", "-c", f"'{script}' events --limit 3000 --data-dir '{self.directory}' | head -1; exit ${{PIPESTATUS[0]}}"],
+            capture_output=True, check=False, timeout=60,
+        )
+        self.assertEqual(result.stderr, b"")
+        self.assertEqual(len(result.stdout.splitlines()), 1)
+        self.assertEqual(result.returncode, admin.CLOSED_PIPE)
+
+    # -- challenge list and revoke ---------------------------------------------------------------
+
+    def test_challenge_list_and_revoke(self) -> None:
+        """`challenge list` shows usable static challenges; `challenge revoke ID` makes one unusable at once,
+        the store then refuses it as revoked, `--all` still lists it, and revoking twice is an error."""
+        status, out, err = self.admin("challenge", "create", "--uses", "2", "--bind-udid", UDID)
+        token = out.strip()
+        challenge_id = int(re.search(r"static challenge (\d+)", err).group(1))  # type: ignore[union-attr]
+        status, out, _ = self.admin("challenge", "list", "--json")
+        [row] = json.loads(out)
+        self.assertEqual((row["id"], row["kind"], row["status"], row["uses_left"], row["bound_to"]),
+                         (challenge_id, "static", "usable", 2, UDID))
+        status, out, _ = self.admin("challenge", "revoke", str(challenge_id))
+        self.assertEqual((status, out), (0, f"revoked challenge {challenge_id}\n"))
+        error = self.assertRaises(ChallengeRefused, self.store.consume_challenge, tokens.digest(token), ("static",), now=time.time())
+        self.assertEqual(str(error), "challenge revoked")
+        status, out, err = self.admin("challenge", "list")
+        self.assertEqual((status, out), (0, ""))
+        status, out, _ = self.admin("challenge", "list", "--all")
+        self.assertRegex(out, rf"^{challenge_id}  static  revoked  2 left  ")
+        self.assertEqual((self.store.events()[0].outcome, self.store.events()[0].reason), ("revoked", f"challenge {challenge_id}"))
+        status, out, err = self.admin("challenge", "revoke", str(challenge_id))
         self.assertEqual((status, out), (1, ""))
-        self.assertOneErrorLine(err, "frobnicate")
+        self.assertOneErrorLine(err, "no unrevoked challenge")
+
+    # -- ownership ---------------------------------------------------------------------------------
+
+    def test_root_keeps_the_daemons_ownership(self) -> None:
+        """Run as root on a data directory owned by another user, `user add`, `challenge create` and `certs revoke`
+        leave every file in it owned by that user, and the replaced users file keeps its mode."""
+        if os.geteuid() != 0:
+            self.fail("this test checks what root does: run the suite as root (CI does)")
+        self.add_certificate(0xBEEF, udid=UDID, not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=9))
+        self.store.close()
+        (self.directory / "htpasswd").write_bytes(b"")
+        (self.directory / "htpasswd").chmod(0o640)
+        for path in [self.directory, *self.directory.iterdir()]:
+            os.chown(path, 65534, 65534)
+        # A connection that root holds open, as the daemon would: its -wal and -shm files must not become root's.
+        self.store = Store(self.directory / "otad.sqlite")
+        self.assertEqual(self.admin("user", "add", "alice", stdin=b"correct horse\n")[0], 0)
+        self.assertEqual(self.admin("challenge", "create")[0], 0)
+        self.assertEqual(self.admin("certs", "revoke", "beef")[0], 0)
+        owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in self.directory.iterdir()}
+        self.assertIn("otad.sqlite-wal", owners)
+        self.assertEqual(set(owners.values()), {(65534, 65534)}, owners)
+        self.assertEqual(stat.S_IMODE((self.directory / "htpasswd").stat().st_mode), 0o640)
+
+    def test_other_user_is_refused(self) -> None:
+        """As a user who is neither root nor the data directory's owner, otad-admin refuses with one line naming the owner."""
+        if os.geteuid() != 0:
+            self.fail("this test switches users with setpriv: run the suite as root (CI does)")
+        # Somewhere the other user can reach: the trial directory's parents are root's own.
+        self.directory = Path(tempfile.mkdtemp(prefix="otad-admin-"))
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.directory.chmod(0o777)
+        Store(self.directory / "otad.sqlite").close()
+        os.chown(self.directory, 65534, 65534)
+        script = Path(sys.executable).parent / "otad-admin"
+        result = subprocess.run(
+            ["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups", str(script), "challenge", "create",
+             "--data-dir", str(self.directory)],
+            capture_output=True, check=False, timeout=60,
+        )
+        self.assertEqual((result.returncode, result.stdout), (1, b""), result.stderr)
+        self.assertEqual(result.stderr.count(b"\n"), 1, result.stderr)
+        self.assertIn(b"belongs to nobody (uid 65534); run as that user", result.stderr)
 
     # -- lint --------------------------------------------------------------------------------
 
@@ -333,7 +452,7 @@ class AdminTests(TestCase):
         return status, out.splitlines()
 
     def test_lint_seed_broken_profile(self) -> None:
-        """The seed developer's broken profile exits 2 and names every missing or mistyped key path."""
+        """The seed developer's broken profile exits 1 and names every missing or mistyped key path."""
         status, lines = self.lint(SEED_BROKEN)
         self.assertEqual(status, admin.LINT_ERRORS)
         self.assertIn("error: PayloadUUID: missing required key", lines)
@@ -348,14 +467,14 @@ class AdminTests(TestCase):
         self.assertEqual((status, out), (0, "ok: no problems\n"))
 
     def test_lint_signed_profile(self) -> None:
-        """A CMS-signed profile is unwrapped and its content linted; its errors still give exit 2."""
+        """A CMS-signed profile is unwrapped and its content linted; its errors still give exit 1."""
         self.assertEqual(self.lint(self.sign(payloads.serialize(_profile()))), (0, ["ok: no problems"]))
         status, lines = self.lint(self.sign(SEED_BROKEN))
         self.assertEqual(status, admin.LINT_ERRORS)
         self.assertIn("error: PayloadUUID: missing required key", lines)
 
     def test_lint_unreadable_signed_profile(self) -> None:
-        """DER that is not a verifiable SignedData, or whose content was altered, is one error line and exit 2."""
+        """DER that is not a verifiable SignedData, or whose content was altered, is one error line and exit 1."""
         signed = self.sign(payloads.serialize(_profile()))
         tampered = signed.replace(b"A valid profile", b"A VALID profile")
         self.assertNotEqual(tampered, signed)
@@ -366,7 +485,7 @@ class AdminTests(TestCase):
             self.assertTrue(lines[0].startswith("error: not a readable signed profile: "), lines)
 
     def test_lint_garbage(self) -> None:
-        """Bytes that are no property list are a lint error (exit 2)."""
+        """Bytes that are no property list are a lint error (exit 1)."""
         status, lines = self.lint(b"\x00\xffnot a profile at all")
         self.assertEqual(status, admin.LINT_ERRORS)
         self.assertEqual(len(lines), 1)
@@ -381,7 +500,7 @@ class AdminTests(TestCase):
         self.assertEqual(lines, ["warning: ExtraKey: unknown key for Configuration payloads"])
 
     def test_lint_unreadable_file(self) -> None:
-        """A file that cannot be read is an operational error (exit 1), not a lint result."""
+        """A file that cannot be read is one error line and exit 1."""
         status, out, err = self.admin("lint", str(self.directory / "missing.mobileconfig"))
         self.assertEqual((status, out), (1, ""))
         self.assertOneErrorLine(err, "cannot read", "No such file")

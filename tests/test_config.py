@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr
 from pathlib import Path
 
-from twisted.python import usage
 from twisted.trial import unittest
 
 from otad import config
@@ -101,9 +102,12 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["settings"].listen, ("ssl:1", "tcp:2"))
         self.assertEqual(options["settings"].hostname, "h.example")
 
-    def test_bad_config_is_a_usage_error(self) -> None:
-        """A bad config file becomes a UsageError naming the key, so twistd prints one line and exits."""
+    def test_bad_config_exits_1_with_one_line(self) -> None:
+        """A bad config file ends option parsing with exit status 1 and one stderr line naming the key (no usage text)."""
         path = Path(self.mktemp())
         path.write_text("[server]\nbogus = 1\n")
-        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", str(path)])
-        self.assertEqual(str(error), "unknown config key [server] bogus")
+        err = io.StringIO()
+        with redirect_stderr(err):
+            error = self.assertRaises(SystemExit, Options().parseOptions, ["--config", str(path)])
+        self.assertEqual(error.code, 1)
+        self.assertEqual(err.getvalue(), "otad cannot start: unknown config key [server] bogus\n")

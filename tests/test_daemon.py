@@ -135,7 +135,7 @@ class DaemonTests(unittest.TestCase):
         return ensureDeferred(run())
 
     def test_restart_reuses_certificates(self) -> None:
-        """A second start on the same data directory serves the same CA and does not print a password again."""
+        """A second start on the same data directory serves the same CA and shows the same, still unused, first password."""
 
         async def run() -> None:
             first = self.new_daemon()
@@ -144,7 +144,7 @@ class DaemonTests(unittest.TestCase):
             await first.stop()
             second = self.new_daemon(first.data_dir)
             await second.start()
-            self.assertIsNone(second.first_password)
+            self.assertEqual(second.first_password, first.first_password)
             response = await second.client().get(second.url("/CA"))
             der = await response.content()
             self.assertEqual(x509.load_der_x509_certificate(der), x509.load_pem_x509_certificate(ca_before))

@@ -1,0 +1,150 @@
+"""Tests for otad.renewal and otad.tls: own certificates renewed while otad runs, and served to new connections at once."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor, threads
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from otad import ca, listeners, renewal, tls
+from tests.helpers import NOW, InlinePool, authority
+
+DAY = datetime.timedelta(days=1)
+
+
+def _copy_certs(target: Path) -> Path:
+    shutil.copytree(authority().certs_dir, target)
+    return target
+
+
+def _loader(certs_dir: Path) -> Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], ca.Authority]:
+    def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> ca.Authority:
+        return ca.bootstrap(certs_dir, hostname="localhost", organization="Test Org", common_name="Test Org otad Root CA",
+                            ca_key_size=3072, now=now, report=report, warn=warn, create=False)
+    return load
+
+
+def _events(test: unittest.TestCase) -> list[LogEvent]:
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    test.addCleanup(globalLogPublisher.removeObserver, seen.append)
+    return seen
+
+
+def _served_certificate(port: int, root: x509.Certificate) -> x509.Certificate:
+    """What a client that trusts only ``root`` gets from 127.0.0.1:port (runs in a thread: it blocks)."""
+    context = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls_socket:
+            der = tls_socket.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+class CertificateKeeperTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.certs_dir = _copy_certs(Path(self.mktemp()) / "certs")
+        self.authority = _loader(self.certs_dir)(datetime.datetime.now(datetime.UTC), lambda line: None, lambda line: None)
+        self.served = tls.ServerTLS(self.authority.tls.key, [self.authority.tls.cert, *self.authority.tls.chain])
+        self.clock = Clock()
+        self.clock.advance(datetime.datetime.now(datetime.UTC).timestamp())
+        self.keeper = renewal.CertificateKeeper(
+            self.authority, _loader(self.certs_dir), self.served, [], "localhost", InlinePool(None, "inline", 1), self.clock  # type: ignore[arg-type]
+        )
+
+    def test_daily_check_renews_and_serves(self) -> None:
+        """Once a day the keeper checks; when the TLS certificate is within 60 days of its end, the check renews it
+        (same key), the Authority and the listener's TLS both get it, and the renewal is logged."""
+        events = _events(self)
+        old = self.authority.tls.cert
+        self.keeper.startService()
+        self.addCleanup(self.keeper.stopService)
+        self.clock.advance(renewal.CHECK_INTERVAL)
+        self.assertEqual(self.served.certificate, old)
+        left = old.not_valid_after_utc.timestamp() - self.clock.seconds()
+        self.clock.advance(left - 59 * 86400 - renewal.CHECK_INTERVAL)
+        self.clock.advance(renewal.CHECK_INTERVAL)
+        renewed = self.served.certificate
+        self.assertNotEqual(renewed, old)
+        self.assertEqual(renewed.public_key(), old.public_key())
+        self.assertEqual(self.authority.tls.cert, renewed)
+        self.assertEqual(x509.load_pem_x509_certificate((self.certs_dir / "tls.pem").read_bytes()), renewed)
+        self.assertTrue(any("renewed" in str(event.get("line", "")) for event in events))
+
+    def test_failed_check_is_logged_and_retried(self) -> None:
+        """A check that fails (certs/ lost its RA key) logs an error, keeps serving, and the next day's check runs again."""
+        events = _events(self)
+        (self.certs_dir / "ra.key").rename(self.certs_dir / "ra.key.away")
+        self.keeper.startService()
+        self.addCleanup(self.keeper.stopService)
+        self.clock.advance(renewal.CHECK_INTERVAL)
+        errors = [event for event in events if event.get("log_level") is not None and event["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("ra.key", errors[0]["reason"])
+        (self.certs_dir / "ra.key.away").rename(self.certs_dir / "ra.key")
+        self.clock.advance(renewal.CHECK_INTERVAL)
+        errors = [event for event in events if event.get("log_level") is not None and event["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+
+    def test_operator_files_reread(self) -> None:
+        """An operator's certificate files are read again by each check, so certbot's renewal is served without a restart."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        root = self.authority.root
+
+        def write(cert: x509.Certificate) -> None:
+            pem = serialization.Encoding.PEM
+            (directory / "fullchain.pem").write_bytes(cert.public_bytes(pem) + root.cert.public_bytes(pem))
+
+        key = self.authority.signer.key
+        write(ca.issue(root, key.public_key(), x509.Name([]), now=NOW, lifetime=90 * DAY))
+        (directory / "privkey.pem").write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        listener = listeners.parse(f"ssl:0:certKey={directory / 'fullchain.pem'}:privateKey={directory / 'privkey.pem'}")
+        served = tls.ServerTLS(*renewal.load_operator_tls(listener))
+        self.assertEqual(len(served.chain), 2)
+        keeper = renewal.CertificateKeeper(
+            self.authority, _loader(self.certs_dir), None, [renewal.OperatorTLS(listener, served)], "otad.example.com",
+            InlinePool(None, "inline", 1), self.clock,  # type: ignore[arg-type]
+        )
+        fresh = ca.issue(root, key.public_key(), x509.Name([]), now=NOW + 60 * DAY, lifetime=90 * DAY)
+        write(fresh)
+        self.successResultOf(ensureDeferred(keeper.check()))
+        self.assertEqual(served.certificate, fresh)
+
+
+class ServerTLSTests(unittest.TestCase):
+    def test_new_connections_get_the_new_certificate(self) -> None:
+        """Over a real TLS socket: after ``use``, the next handshake presents the new certificate."""
+        own = authority()
+        served = tls.ServerTLS(own.tls.key, [own.tls.cert, own.root.cert])
+        port = reactor.listenTCP(0, served.wrap(Factory.forProtocol(Protocol)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        # Issued now, not at the fixed NOW: the client checks the dates.
+        renewed = ca.issue(own.root, own.tls.key.public_key(), own.tls.cert.subject, now=datetime.datetime.now(datetime.UTC),
+                           lifetime=30 * DAY,
+                           extensions=[(ext.value, ext.critical) for ext in own.tls.cert.extensions
+                                       if isinstance(ext.value, (x509.SubjectAlternativeName, x509.ExtendedKeyUsage))])
+
+        async def run() -> None:
+            first = await threads.deferToThread(_served_certificate, number, own.root.cert)
+            self.assertEqual(first, own.tls.cert)
+            served.use(own.tls.key, [renewed, own.root.cert])
+            second = await threads.deferToThread(_served_certificate, number, own.root.cert)
+            self.assertEqual(second, renewed)
+
+        return ensureDeferred(run())
