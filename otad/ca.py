@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from otad.certificate_rules import tls_server_problems
@@ -246,17 +247,13 @@ def _same_key(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
     return cert.public_key() == key.public_key()
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    public_key = issuer.public_key()
-    assert isinstance(public_key, rsa.RSAPublicKey)
-    hash_algorithm = cert.signature_hash_algorithm
-    if hash_algorithm is None:
-        return False
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` (by signature, not by comparing names alone)."""
     try:
-        public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hash_algorithm)
-    except Exception:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
-    return cert.issuer == issuer.subject
+    return True
 
 
 @dataclass(frozen=True)
@@ -353,7 +350,7 @@ def _load_leaf(
     cert = _read_cert(cert_path)
     if not _same_key(cert, key):
         raise BootstrapError(f"{cert_path} does not match the key in {key_path}")
-    if not _issued_by(cert, root.cert):
+    if not issued_by(cert, root.cert):
         raise BootstrapError(f"{cert_path} was not issued by the CA in {certs_dir / 'ca.pem'}")
     return Identity(cert, key, (root.cert,))
 

@@ -1,7 +1,11 @@
 """CMS (RFC 5652) SignedData and EnvelopedData as pure functions from bytes to bytes.
 
 It signs and encrypts what otad sends, and verifies and decrypts what devices send, including
-the indefinite-length BER that Apple devices produce.
+the indefinite-length BER that Apple devices produce. ``cryptography``'s PKCS#7 builders (Rust)
+sign profiles, encrypt AES envelopes and carry certificate bags; the code here builds and reads
+only what they cannot: SignedData with SCEP's own signed attributes, 3DES envelopes, and
+verifying and decrypting devices' BER (signatures without signed attributes, SHA-1, DES,
+Go's constructed ``[0] encryptedContent``), for which ``cryptography`` has no API.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import ClassVar
@@ -21,7 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import (
     BlockCipherAlgorithm,
     Cipher,
@@ -29,32 +33,29 @@ from cryptography.hazmat.primitives.ciphers import (
     modes,
 )
 from cryptography.hazmat.primitives.padding import PKCS7
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 __all__ = [
     "CIPHERS",
     "DIGESTS",
     "CMSError",
     "Decrypted",
+    "RawAttributes",
+    "SignatureInvalid",
     "Verified",
     "certs_only",
     "decrypt",
     "encrypt",
     "read_certs_only",
     "sign",
+    "sign_profile",
     "verify",
-    "verify_chain",
 ]
 
 DIGESTS = ("sha1", "sha224", "sha256", "sha384", "sha512")
 CIPHERS = ("aes128", "aes192", "aes256", "des3", "des")
 
 MAX_INPUT = 16 * 1024 * 1024
-_MAX_NESTING = 64
-_MAX_PATH = 8
-# Bounds the signature checks one path search may make, so a message carrying many
-# cross-signed certificates with the same names cannot make the search explode.
-_MAX_PATH_CHECKS = 64
 
 _ID_DATA = "1.2.840.113549.1.7.1"
 _ID_SIGNED_DATA = "1.2.840.113549.1.7.2"
@@ -166,77 +167,26 @@ def _malformed(reason: str) -> Iterator[None]:
         raise CMSError(reason) from exc
 
 
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(encoded)]) + encoded
-
-
-def _der_tlv(tag: int, contents: bytes) -> bytes:
-    return bytes([tag]) + _der_length(len(contents)) + contents
-
-
-def _tlv_end(data: bytes, pos: int, limit: int, depth: int) -> int:
-    """Return where the BER element starting at pos ends, checking it fits in limit."""
-    if depth > _MAX_NESTING:
-        raise CMSError("ASN.1 nesting too deep")
-    if pos >= limit:
-        raise CMSError("truncated DER")
-    first = data[pos]
-    pos += 1
-    if first & 0x1F == 0x1F:
-        for _ in range(4):
-            if pos >= limit:
-                raise CMSError("truncated DER")
-            pos += 1
-            if not data[pos - 1] & 0x80:
-                break
-        else:
-            raise CMSError("malformed ASN.1 tag")
-    if pos >= limit:
-        raise CMSError("truncated DER")
-    length_octet = data[pos]
-    pos += 1
-    constructed = bool(first & 0x20)
-    if length_octet == 0x80:
-        if not constructed:
-            raise CMSError("malformed ASN.1 length")
-        while True:
-            if pos + 2 > limit:
-                raise CMSError("truncated DER")
-            if data[pos] == 0 and data[pos + 1] == 0:
-                return pos + 2
-            pos = _tlv_end(data, pos, limit, depth + 1)
-    if length_octet & 0x80:
-        count = length_octet & 0x7F
-        if count > 4:
-            raise CMSError("malformed ASN.1 length")
-        if pos + count > limit:
-            raise CMSError("truncated DER")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    else:
-        length = length_octet
-    end = pos + length
-    if end > limit:
-        raise CMSError("truncated DER")
-    if constructed:
-        while pos < end:
-            pos = _tlv_end(data, pos, end, depth + 1)
-    return end
-
-
 def _check_ber(data: bytes) -> None:
-    """Check the framing of the whole input before asn1crypto parses it lazily."""
+    """Check the framing of the whole input (lengths, indefinite-length nesting, trailing bytes)
+    before asn1crypto parses it lazily."""
     if not isinstance(data, bytes):
         raise CMSError("input is not bytes")
     if not data:
         raise CMSError("empty input")
     if len(data) > MAX_INPUT:
         raise CMSError("input too large")
-    if _tlv_end(data, 0, len(data), 0) != len(data):
-        raise CMSError("trailing data after the CMS structure")
+    try:
+        parser.parse(data, strict=True)
+    except ValueError as error:
+        text = str(error)
+        if "trailing" in text:
+            raise CMSError("trailing data after the CMS structure") from None
+        if "Insufficient data" in text:
+            raise CMSError("truncated DER") from None
+        if "recursion limit" in text:
+            raise CMSError("ASN.1 nesting too deep") from None
+        raise CMSError("malformed BER") from None
 
 
 def _load(der: bytes, content_type: str, reason: str) -> core.Asn1Value:
@@ -294,21 +244,16 @@ def _hash(digest: str) -> hashes.HashAlgorithm:
         raise CMSError(f"unsupported digest: {digest}") from None
 
 
-def _encode_attribute(oid: str, value: bytes) -> bytes:
-    with _malformed("signed attribute value is not DER"):
-        core.load(value, strict=True)
-        oid_der = core.ObjectIdentifier(oid).dump()
-    return _der_tlv(0x30, oid_der + _der_tlv(0x31, value))
-
-
 def _attribute_set(attributes: Sequence[tuple[str, bytes]]) -> bytes:
     oids = [oid for oid, _ in attributes]
     if len(set(oids)) != len(oids):
         raise CMSError("duplicate signed attribute")
-    # DER orders SET OF by encoding; OpenSSL re-encodes before verifying, so an
-    # unsorted set would not verify there.
-    encoded = sorted(_encode_attribute(oid, value) for oid, value in attributes)
-    return _der_tlv(0x31, b"".join(encoded))
+    with _malformed("signed attribute value is not DER"):
+        # asn1crypto sorts a SET OF by encoding, as DER wants: OpenSSL re-encodes before
+        # verifying, so an unsorted set would not verify there.
+        return bytes(
+            RawAttributes([{"type": oid, "values": [core.Any.load(value, strict=True)]} for oid, value in attributes]).dump()
+        )
 
 
 def _read_attributes(attribute_set: bytes) -> dict[str, tuple[bytes, ...]]:
@@ -361,6 +306,22 @@ def _certificate_set(certs: Sequence[x509.Certificate]) -> list[cms.CertificateC
     ]
 
 
+def sign_profile(
+    content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey, chain: Sequence[x509.Certificate] = ()
+) -> bytes:
+    """Sign a profile, embedding it: SHA-256 with contentType, messageDigest and signingTime signed.
+
+    ``Binary`` keeps the plist's bytes as they are (no MIME line-ending canonicalisation).
+    """
+    if cert.public_key() != key.public_key():
+        raise CMSError("signer key does not match the certificate")
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(cert, key, hashes.SHA256())
+    for extra in _unique(chain):
+        if extra != cert:
+            builder = builder.add_certificate(extra)
+    return builder.sign(Encoding.DER, [pkcs7.PKCS7Options.Binary])
+
+
 def sign(
     content: bytes,
     cert: x509.Certificate,
@@ -374,9 +335,11 @@ def sign(
 ) -> bytes:
     """Sign content with key, embedding it, and return the DER ContentInfo(SignedData).
 
-    attributes are extra signed attributes as (dotted OID, DER of the single value).
-    Without signed_attributes the signature covers the content itself, as Apple devices
-    sign; rsa_encryption_oid names the signature algorithm rsaEncryption, as SCEP wants.
+    attributes are extra signed attributes as (dotted OID, DER of the single value): SCEP's,
+    which ``cryptography``'s builder cannot add, and the reason this signer exists beside
+    ``sign_profile``. Without signed_attributes the signature covers the content itself, as
+    Apple devices sign; rsa_encryption_oid names the signature algorithm rsaEncryption, as
+    SCEP wants.
     """
     if not isinstance(key, rsa.RSAPrivateKey):
         raise CMSError("signer key is not RSA")
@@ -475,7 +438,7 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
     else:
         # The signature covers the attributes as the signer encoded them, so verify
         # over the received bytes re-tagged as a SET rather than over a re-encoding.
-        signed = _der_tlv(0x31, signed_attrs.contents)
+        signed = bytes(signed_attrs.untag().dump())
         attributes = _read_attributes(signed)
         content_type = _single(attributes, _CONTENT_TYPE, "contentType")
         if core.ObjectIdentifier.load(content_type, strict=True).dotted != (
@@ -504,177 +467,6 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
         digest=digest,
         attributes=MappingProxyType(attributes),
     )
-
-
-def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
-    if now < cert.not_valid_before_utc:
-        return "certificate in the chain is not yet valid"
-    if now > cert.not_valid_after_utc:
-        return "certificate in the chain has expired"
-    return None
-
-
-def _key_problem(cert: x509.Certificate, allow_legacy: bool) -> str | None:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return "unsupported public key in the chain"
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < (1024 if allow_legacy else 2048):
-            return "RSA key too small in the chain"
-    elif not isinstance(key, ec.EllipticCurvePublicKey):
-        return "unsupported public key in the chain"
-    return None
-
-
-def _signature_problem(cert: x509.Certificate, allow_legacy: bool) -> str | None:
-    try:
-        algorithm = cert.signature_hash_algorithm
-    except UnsupportedAlgorithm:
-        return "unsupported signature algorithm in the chain"
-    if isinstance(algorithm, hashes.SHA1) and not allow_legacy:
-        return "SHA-1 signature in the chain"
-    if not isinstance(algorithm, tuple(_HASHES.values())):
-        return "unsupported signature algorithm in the chain"
-    return None
-
-
-def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    # Certificate.verify_directly_issued_by refuses SHA-1, which Apple's chain needs.
-    try:
-        key = issuer.public_key()
-        algorithm = cert.signature_hash_algorithm
-        parameters = cert.signature_algorithm_parameters
-        if (
-            isinstance(key, rsa.RSAPublicKey)
-            and isinstance(parameters, (padding.PKCS1v15, padding.PSS))
-            and algorithm is not None
-        ):
-            key.verify(
-                cert.signature, cert.tbs_certificate_bytes, parameters, algorithm
-            )
-        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
-            parameters, ec.ECDSA
-        ):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters)
-        else:
-            return False
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
-        return False
-    return True
-
-
-def _issuer_problem(
-    issuer: x509.Certificate, below: int, is_anchor: bool
-) -> str | None:
-    """Whether issuer may issue a certificate with `below` intermediates under it."""
-    constraints = _extension(issuer, x509.BasicConstraints)
-    if constraints is None:
-        # Old self-signed roots predate basicConstraints; trust in them is explicit.
-        return None if is_anchor else "issuer in the chain is not a CA"
-    assert isinstance(constraints, x509.BasicConstraints)
-    if not constraints.ca:
-        return "issuer in the chain is not a CA"
-    if constraints.path_length is not None and below > constraints.path_length:
-        return "path length constraint exceeded"
-    usage = _extension(issuer, x509.KeyUsage)
-    if isinstance(usage, x509.KeyUsage) and not usage.key_cert_sign:
-        return "issuer in the chain may not sign certificates"
-    return None
-
-
-@dataclass
-class _PathSearch:
-    pool: list[x509.Certificate]
-    anchors: set[bytes]
-    now: datetime | None
-    allow_legacy: bool
-    problems: list[str] = field(default_factory=list)
-    checks: int = 0
-
-    def cert_problem(self, cert: x509.Certificate) -> str | None:
-        if self.now is not None:
-            problem = _validity_problem(cert, self.now)
-            if problem:
-                return problem
-        return _key_problem(cert, self.allow_legacy)
-
-    def extend(self, path: list[x509.Certificate]) -> list[x509.Certificate] | None:
-        current = path[-1]
-        if _der(current) in self.anchors:
-            return path
-        problem = _signature_problem(current, self.allow_legacy)
-        if problem:
-            self.problems.append(problem)
-            return None
-        if len(path) >= _MAX_PATH:
-            self.problems.append("certificate chain too long")
-            return None
-        in_path = {_der(cert) for cert in path}
-        for candidate in self.pool:
-            # Names only preselect candidates; the signature decides.
-            if candidate.subject != current.issuer or _der(candidate) in in_path:
-                continue
-            self.checks += 1
-            if self.checks > _MAX_PATH_CHECKS:
-                self.problems.append("certificate chain too complex")
-                return None
-            if not _signed_by(current, candidate):
-                continue
-            is_anchor = _der(candidate) in self.anchors
-            problem = _issuer_problem(candidate, len(path) - 1, is_anchor)
-            problem = problem or self.cert_problem(candidate)
-            if problem:
-                self.problems.append(problem)
-                continue
-            found = self.extend([*path, candidate])
-            if found:
-                return found
-        return None
-
-
-def verify_chain(
-    signer: x509.Certificate,
-    certs: Sequence[x509.Certificate],
-    anchors: Sequence[x509.Certificate],
-    *,
-    ignore_validity: bool = False,
-    allow_legacy: bool = False,
-    now: datetime | None = None,
-) -> list[x509.Certificate]:
-    """Return a path from signer to one of anchors, following signatures.
-
-    Anchors are trusted because they are in anchors (compared by DER); the anchor's
-    own signature is not checked. allow_legacy accepts SHA-1 signatures and RSA keys
-    of 1024 to 2047 bits, as Apple's device chain needs (smaller keys are refused even
-    then); ignore_validity skips the dates, which that chain also needs.
-    """
-    if now is None:
-        now = datetime.now(UTC)
-    elif now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    search = _PathSearch(
-        pool=_unique([*certs, *anchors]),
-        anchors={_der(anchor) for anchor in anchors},
-        now=None if ignore_validity else now,
-        allow_legacy=allow_legacy,
-    )
-    problem = search.cert_problem(signer)
-    if problem:
-        raise CMSError(problem)
-    path = search.extend([signer])
-    if path is None:
-        if search.problems:
-            raise CMSError(search.problems[0])
-        raise CMSError("signer does not chain to a trusted anchor")
-    return path
 
 
 def _block_cipher(name: str, key: bytes) -> BlockCipherAlgorithm:
@@ -711,17 +503,33 @@ def _recipient_info(cert: x509.Certificate, content_key: bytes) -> cms.Recipient
     )
 
 
+_LIBRARY_CIPHERS: dict[str, type[algorithms.AES128] | type[algorithms.AES256]] = {
+    "aes128": algorithms.AES128,
+    "aes256": algorithms.AES256,
+}
+
+
 def encrypt(
     content: bytes, recipients: Sequence[x509.Certificate], cipher: str = "aes256"
 ) -> bytes:
     """Encrypt content to each RSA recipient and return the DER ContentInfo(EnvelopedData).
 
-    The content key and IV are fresh for every call; single DES is refused.
+    The content key and IV are fresh for every call; single DES is refused. AES-128 and
+    AES-256 go through ``cryptography``'s envelope builder; 3DES and AES-192 (only ever a SCEP
+    client's own choice, mirrored in its reply) are built here, because the builder has neither.
     """
     if cipher == "des" or cipher not in _CIPHER_SPECS:
         raise CMSError(f"cipher not allowed for encryption: {cipher}")
     if not recipients:
         raise CMSError("no recipients")
+    for recipient in recipients:
+        if not isinstance(recipient.public_key(), rsa.RSAPublicKey):
+            raise CMSError("recipient key is not RSA")
+    if cipher in _LIBRARY_CIPHERS:
+        builder = pkcs7.PKCS7EnvelopeBuilder().set_data(content).set_content_encryption_algorithm(_LIBRARY_CIPHERS[cipher])
+        for recipient in recipients:
+            builder = builder.add_recipient(recipient)
+        return builder.encrypt(Encoding.DER, [pkcs7.PKCS7Options.Binary])
     spec = _CIPHER_SPECS[cipher]
     content_key = os.urandom(spec.key_size)
     iv = os.urandom(spec.block_size)
@@ -848,23 +656,16 @@ def _decrypt_content(
 
 
 def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
-    """A degenerate SignedData carrying certs and nothing else (SCEP's certificate bag)."""
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [],
-            "encap_content_info": {"content_type": "data"},
-            "certificates": _certificate_set(certs),
-            "signer_infos": [],
-        }
-    )
-    return bytes(
-        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
-    )
+    """A degenerate SignedData carrying certs (at least one) and nothing else (SCEP's certificate bag)."""
+    if not certs:
+        raise CMSError("a certificate bag needs at least one certificate")
+    return pkcs7.serialize_certificates(_unique(certs), Encoding.DER)
 
 
 def read_certs_only(der: bytes) -> list[x509.Certificate]:
     """The certificates carried by a SignedData, such as one made by certs_only."""
-    signed_data = _load(der, _ID_SIGNED_DATA, "not a CMS SignedData")
-    with _malformed("malformed SignedData"):
-        return [cert for _, cert in _carried_certificates(signed_data)]
+    _check_ber(der)
+    try:
+        return pkcs7.load_der_pkcs7_certificates(der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise CMSError("not a CMS SignedData carrying certificates") from None

@@ -1,7 +1,7 @@
 """The enrollment flow: what each phase does with the config, the store, the CA and the CMS code.
 
-Resources call these methods and turn their results or ``Refusal``s into HTTP; this module
-knows no HTTP beyond the refusal codes, and does its RSA work on the crypto pool.
+Resources call these methods and turn their results, or the ``Refused`` errors they raise, into
+HTTP; this module knows no HTTP, and does its RSA work on the crypto pool.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from twisted.logger import Logger
 from otad import cms, payloads, templates, tokens
 from otad.ca import Authority, generate_key, issue_client_certificate, serial_hex
 from otad.config import Config
-from otad.device_trust import DeviceTrust
+from otad.device_trust import DeviceTrust, UntrustedDevice
+from otad.errors import Kind, Refused
+from otad.issued import IssuedCertificates, Provenance
 from otad.pool import WorkerPool
-from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, Store, StoreThread
+from otad.store import ChallengeRefused, DuplicateSerial, Store, StoreThread
 from otad.udid import is_udid
-from otad.web import Refusal
 
 log = Logger()
 
@@ -63,12 +64,12 @@ def parse_device_attributes(content: bytes) -> dict[str, Any]:
     try:
         attributes = plistlib.loads(content)
     except payloads.PLIST_ERRORS:
-        raise Refusal(400, "the signed content is not a property list") from None
+        raise Refused(Kind.MALFORMED, "the signed content is not a property list") from None
     if not isinstance(attributes, dict):
-        raise Refusal(400, "the signed property list is not a dictionary")
+        raise Refused(Kind.MALFORMED, "the signed property list is not a dictionary")
     udid = attributes.get("UDID")
     if not is_udid(udid):
-        raise Refusal(400, "the device attributes lack a valid UDID")
+        raise Refused(Kind.MALFORMED, "the device attributes lack a valid UDID")
     return attributes
 
 
@@ -94,8 +95,10 @@ class Enrollment:
         clock: IReactorTime,
         device_trust: DeviceTrust,
         profile_templates: Sequence[templates.Template],
+        issued: IssuedCertificates,
     ) -> None:
         self._config = config
+        self._issued = issued
         self._templates = tuple(profile_templates)
         self._authority = authority
         self._device_trust = device_trust
@@ -132,23 +135,19 @@ class Enrollment:
         log.info("issued a phase-1 challenge to {user}", user=user, phase=1, outcome="challenge issued")
         return await self.sign(payloads.serialize(profile))
 
-    async def _refused(self, code: int, reason: str, *, phase: int, udid: str | None = None) -> Refusal:
-        """Record a refusal (or, for a 5xx, an error) in the event log, in its own transaction, and return it."""
+    async def _record_refusal(self, refused: Refused, phase: int) -> None:
+        """The one place a refusal of phase 2 or 3 is written to the event log (5xx kinds as errors)."""
         now = self._clock.seconds()
-        outcome = "error" if code >= 500 else "refused"
-        await self._store.call(
-            lambda store: store.record_event(now=now, kind=f"phase {phase}", outcome=outcome, udid=udid, reason=reason)
-        )
-        log.info("refused phase {phase}: {reason}", phase=phase, udid=udid, outcome="refused", reason=reason)
-        return Refusal(code, reason)
-
-    def _issued_by_otad(self, cert: x509.Certificate) -> bool:
-        """Whether otad's CA signed ``cert`` (checked by signature, not by comparing names)."""
+        outcome = "error" if refused.kind in (Kind.BROKEN, Kind.UNAVAILABLE) else "refused"
+        log.info("refused phase {phase}: {reason}", phase=phase, udid=refused.udid, outcome=outcome, reason=refused.reason)
         try:
-            cert.verify_directly_issued_by(self._authority.root.cert)
-        except Exception:
-            return False
-        return True
+            await self._store.call(
+                lambda store: store.record_event(now=now, kind=f"phase {phase}", outcome=outcome, udid=refused.udid,
+                                                 reason=refused.reason)
+            )
+        except Refused as unrecorded:
+            # The store itself is down: the refusal still goes out, and the log has it.
+            log.warn("could not record a refusal in the event log: {reason}", reason=unrecorded.reason)
 
     async def profile(self, body: bytes, base_url: str) -> bytes:
         """``POST /profile``: a device's signed attributes in, a signed profile out.
@@ -156,36 +155,40 @@ class Enrollment:
         Signed by an Apple device identity it is phase 2, answered with a SCEP enrollment
         payload; signed by an identity otad issued, it is phase 3.
         """
+        phase = 2
         try:
-            signed = await self._crypto.run(cms.verify, body)
-        except cms.SignatureInvalid as error:
-            raise await self._refused(403, f"the request's signature is invalid: {error}", phase=2) from None
-        except cms.CMSError as error:
-            raise await self._refused(400, f"not a CMS signed request: {error}", phase=2) from None
-        phase = 3 if self._issued_by_otad(signed.signer) else 2
-        try:
-            if phase == 3:
-                return await self._phase3(signed, base_url)
+            try:
+                signed = await self._crypto.run(cms.verify, body)
+            except cms.SignatureInvalid as error:
+                raise Refused(Kind.FORBIDDEN, f"the request's signature is invalid: {error}") from None
+            except cms.CMSError as error:
+                raise Refused(Kind.MALFORMED, f"not a CMS signed request: {error}") from None
+            provenance = await self._issued.lookup(signed.signer)
+            if provenance.signed_by_otad:
+                phase = 3
+                return await self._phase3(signed, provenance, base_url)
             return await self._phase2(signed, base_url)
         except payloads.ProfileInvalid as error:
             # A template or setting produced something a device would refuse: never send it.
             log.error("refusing to serve an invalid profile: {reason}", reason=str(error), phase=phase)
-            raise await self._refused(500, f"otad built an invalid profile and did not send it: {error}", phase=phase) from None
+            broken = Refused(Kind.BROKEN, f"otad built an invalid profile and did not send it: {error}")
+            await self._record_refusal(broken, phase)
+            raise broken from None
+        except Refused as refused:
+            await self._record_refusal(refused, phase)
+            raise
 
     async def _phase2(self, signed: cms.Verified, base_url: str) -> bytes:
         config = self._config
         try:
             warning = self._device_trust.check(signed)
-        except cms.CMSError as error:
-            raise await self._refused(403, f"the signer is not a trusted device identity: {error}", phase=2) from None
-        try:
-            attributes = parse_device_attributes(signed.content)
-        except Refusal as refusal:
-            raise await self._refused(refusal.code, refusal.reason, phase=2) from None
+        except UntrustedDevice as error:
+            raise Refused(Kind.FORBIDDEN, f"the signer is not a trusted device identity: {error}") from None
+        attributes = parse_device_attributes(signed.content)
         udid: str = attributes["UDID"]
         challenge = _challenge_text(attributes.pop("CHALLENGE", None))
         if challenge is None:
-            raise await self._refused(403, "the device attributes carry no challenge", phase=2, udid=udid) from None
+            raise Refused(Kind.FORBIDDEN, "the device attributes carry no challenge", udid=udid)
         now = self._clock.seconds()
         if warning is not None:
             await self._store.call(
@@ -199,12 +202,9 @@ class Enrollment:
         try:
             phase1 = await self._store.call(lambda store: store.find_challenge(tokens.digest(challenge), ("enroll",), now=now))
         except ChallengeRefused as error:
-            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
+            raise Refused(Kind.FORBIDDEN, f"phase-1 challenge refused: {error}", udid=udid) from None
         user = phase1.bound_to
-        try:
-            subject = self._scep_subject(attributes, user)
-        except Refusal as refusal:
-            raise await self._refused(refusal.code, refusal.reason, phase=2, udid=udid) from None
+        subject = self._scep_subject(attributes, user, udid)
         if config.identity == "pkcs12":
             identity_payload = await self._pkcs12_identity(attributes, challenge, udid, now, subject)
         else:
@@ -249,7 +249,7 @@ class Enrollment:
         try:
             return await self._store.call(commit)
         except ChallengeRefused as error:
-            raise await self._refused(403, f"phase-1 challenge refused: {error}", phase=2, udid=udid) from None
+            raise Refused(Kind.FORBIDDEN, f"phase-1 challenge refused: {error}", udid=udid) from None
 
     async def _pkcs12_identity(
         self, attributes: dict[str, Any], challenge: str, udid: str, now: float, subject_rdns: list[list[list[str]]]
@@ -294,7 +294,7 @@ class Enrollment:
                 continue
             break
         else:
-            raise Refusal(503, "could not draw an unused serial number; try again")
+            raise Refused(Kind.UNAVAILABLE, "could not draw an unused serial number; try again", udid=udid, retry_after=1)
         password = secrets.token_urlsafe(18)
         # PBE-SHA1-3DES with a SHA-1 MAC: the PKCS#12 flavour every iOS and macOS version
         # imports; AES/PBKDF2 PKCS#12 files are refused by older releases.
@@ -318,49 +318,40 @@ class Enrollment:
         )
         return payload
 
-    def _scep_subject(self, attributes: Mapping[str, Any], user: str | None) -> list[list[list[str]]]:
+    def _scep_subject(self, attributes: Mapping[str, Any], user: str | None, udid: str) -> list[list[list[str]]]:
         values = {name: _subject_value(str(attributes.get(name) or "")) for name in ("UDID", "SERIAL", "PRODUCT")}
         values["ORGANIZATION"] = _subject_value(self._config.organization)
         values["USERNAME"] = _subject_value(user or "")
         try:
             return payloads.parse_subject(string.Template(self._config.scep_subject).substitute(values))
         except ValueError as error:
-            raise Refusal(400, f"cannot build the SCEP subject from the device attributes: {error}") from None
+            raise Refused(Kind.MALFORMED, f"cannot build the SCEP subject from the device attributes: {error}", udid=udid) from None
 
-    async def _phase3(self, signed: cms.Verified, base_url: str) -> bytes:
+    async def _phase3(self, signed: cms.Verified, provenance: Provenance, base_url: str) -> bytes:
         """A device signing with the identity otad issued gets its configuration, encrypted to that identity only."""
         config = self._config
         signer = signed.signer
         serial = serial_hex(signer.serial_number)
-        record: CertificateRecord | None = await self._store.call(lambda store: store.certificate(serial))
-        if record is None or record.der != signer.public_bytes(serialization.Encoding.DER):
-            raise await self._refused(403, "the signing certificate is not one otad issued", phase=3) from None
-        try:
-            attributes = parse_device_attributes(signed.content)
-        except Refusal as refusal:
-            raise await self._refused(refusal.code, refusal.reason, phase=3) from None
+        record = provenance.record
+        if record is None:
+            raise Refused(Kind.FORBIDDEN, "the signing certificate is not one otad issued")
+        attributes = parse_device_attributes(signed.content)
         udid: str = attributes["UDID"]
         now = self._clock.seconds()
         if record.revoked is not None:
-            raise await self._refused(403, f"the signing certificate {serial} is revoked", phase=3, udid=udid) from None
-        if not record.not_before <= now < record.not_after:
-            raise await self._refused(403, f"the signing certificate {serial} is expired or not yet valid", phase=3, udid=udid) from None
+            raise Refused(Kind.FORBIDDEN, f"the signing certificate {serial} is revoked", udid=udid)
+        if not provenance.valid_at(now):
+            raise Refused(Kind.FORBIDDEN, f"the signing certificate {serial} is expired or not yet valid", udid=udid)
         if record.udid != udid:
-            raise await self._refused(403, "the signing certificate is bound to another device", phase=3, udid=udid) from None
+            raise Refused(Kind.FORBIDDEN, "the signing certificate is bound to another device", udid=udid)
         device = await self._store.call(lambda store: store.device(udid))
         known: dict[str, Any] = dict(device.attributes) if device is not None else {}
         known.update(attributes)
         user = device.user if device is not None else None
-        delivered: int = await self._store.call(lambda store: store.delivery_count(serial))
-        if config.on_repeat == "redirect" and delivered:
-            await self._store.call(
-                lambda store: store.record_event(now=now, kind="phase 3", outcome="redirected", udid=udid, serial=serial)
-            )
-            raise RepeatRedirect("/enroll")
         try:
             template = templates.select(self._templates, known)
         except templates.TemplateError as error:
-            raise await self._refused(403, f"no configuration for this device: {error}", phase=3, udid=udid) from None
+            raise Refused(Kind.FORBIDDEN, f"no configuration for this device: {error}", udid=udid) from None
         token, digest = tokens.mint() if templates.needs_scep_challenge(template) else ("", b"")
         values = {
             "UDID": udid,
@@ -395,16 +386,23 @@ class Enrollment:
         )
         body = payloads.serialize(profile)
 
-        def commit(store: Store) -> None:
+        def commit(store: Store) -> bool:
+            # The repeat decision and the delivery record share one transaction, so two requests
+            # at once cannot both count as the first delivery.
             with store.transaction():
+                if config.on_repeat == "redirect" and store.delivery_count(serial):
+                    store.record_event(now=now, kind="phase 3", outcome="redirected", user=user, udid=udid, serial=serial)
+                    return False
                 if digest:
                     store.add_challenge(digest, "scep", udid, now=now, ttl=config.scep_challenge_ttl)
                 store.record_device(udid, user, known, now=now)
                 store.record_delivery(serial=serial, udid=udid, profile_identifier=identifier, template=template.name, now=now)
                 store.record_event(now=now, kind="phase 3", outcome="configuration sent", user=user, udid=udid, serial=serial,
                                    reason=f"template {template.name}")
+                return True
 
-        await self._store.call(commit)
+        if not await self._store.call(commit):
+            raise RepeatRedirect("/enroll")
         log.info("phase 3: sent {template} to {udid}", template=template.name, udid=udid, serial=serial, phase=3,
                  outcome="configuration sent")
         return await self.sign(body)

@@ -20,9 +20,10 @@ from twisted.logger import Logger
 from otad import cms, scep, tokens
 from otad.ca import Authority, Identity, issue_client_certificate, serial_hex
 from otad.config import Config
+from otad.errors import Kind, Refused
+from otad.issued import IssuedCertificates
 from otad.pool import WorkerPool
 from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, HeldRequest, Store, StoreThread
-from otad.web import Refusal
 
 log = Logger()
 
@@ -63,9 +64,16 @@ class SCEPResponder:
     """Answers GetCACaps, GetCACert and PKIOperation (PKCSReq, RenewalReq, CertPoll, GetCert)."""
 
     def __init__(
-        self, config: Config, authority: Authority, store: StoreThread, crypto: WorkerPool, clock: IReactorTime
+        self,
+        config: Config,
+        authority: Authority,
+        store: StoreThread,
+        crypto: WorkerPool,
+        clock: IReactorTime,
+        issued: IssuedCertificates,
     ) -> None:
         self._config = config
+        self._issued = issued
         self._authority = authority
         self._store = store
         self._crypto = crypto
@@ -89,12 +97,12 @@ class SCEPResponder:
         return CA_CERT, self._authority.root.cert.public_bytes(serialization.Encoding.DER)
 
     async def pki_operation(self, der: bytes, transport: str) -> bytes:
-        """One PKIOperation: a DER PKIMessage in, a DER CertRep out (Refusal if it can't be read at all)."""
+        """One PKIOperation: a DER PKIMessage in, a DER CertRep out (Refused if it can't be read at all)."""
         try:
             message = await self._crypto.run(scep.parse_pki_message, der)
         except scep.SCEPError as error:
             await self._event("refused", reason=f"unreadable PKIMessage: {error}")
-            raise Refusal(400, f"not a SCEP PKIMessage: {error}") from None
+            raise Refused(Kind.MALFORMED, f"not a SCEP PKIMessage: {error}") from None
         log.info(
             "SCEP {kind} by {transport}, digest {digest}, transaction {transaction}",
             kind=_type_name(message.message_type),
@@ -162,18 +170,6 @@ class SCEPResponder:
         await self._store.call(
             lambda store: store.record_event(now=now, kind="scep", outcome=outcome, udid=udid, serial=serial, reason=detail)
         )
-
-    async def _issued_record(self, cert: x509.Certificate) -> CertificateRecord | None:
-        """The store's record of ``cert`` if otad's CA signed it (by signature, then by serial), else None."""
-        try:
-            cert.verify_directly_issued_by(self._authority.root.cert)
-        except Exception:
-            return None
-        serial = serial_hex(cert.serial_number)
-        record = await self._store.call(lambda store: store.certificate(serial))
-        if record is None or record.der != cert.public_bytes(serialization.Encoding.DER):
-            return None
-        return record
 
     async def _enroll(self, message: scep.PKIMessage, csr_der: bytes, request_cipher: str) -> _Decision:
         try:
@@ -328,12 +324,8 @@ class SCEPResponder:
 
     async def _renewal_source(self, message: scep.PKIMessage) -> CertificateRecord | None:
         """The valid, unrevoked otad certificate that signed this request, if any: then no challenge is needed."""
-        record = await self._issued_record(message.signer)
-        if record is None or record.revoked is not None:
-            return None
-        if not record.not_before <= self._now() < record.not_after:
-            return None
-        return record
+        provenance = await self._issued.lookup(message.signer)
+        return provenance.record if provenance.valid_at(self._now()) else None
 
     async def _poll(self, message: scep.PKIMessage) -> _Decision:
         """CertPoll/GetCertInitial: the issued certificate, or the state of a request held for approval."""

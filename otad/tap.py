@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from cryptography.hazmat.primitives import serialization
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -35,21 +34,14 @@ from otad import config as configuration
 from otad.ca import Authority, bootstrap
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
-from otad.enrollment import Enrollment
 from otad.files import check_writer, make_directory
 from otad.pool import WorkerPool
 from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
-from otad.resources.ca import RootCertificate
-from otad.resources.enroll import enroll_resource
-from otad.resources.profile import ProfileRequest
-from otad.resources.root import Root
-from otad.resources.scep import SCEPResource
-from otad.resources.welcome import WelcomePage
-from otad.scep_responder import SCEPResponder
+from otad.site import build_site
 from otad.store import Store, StoreThread
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.tls import ServerTLS
-from otad.users import FirstPassword, HtpasswdChecker, first_user
+from otad.users import FirstPassword, first_user
 from otad.web import OtadSite
 
 log = Logger()
@@ -242,7 +234,10 @@ class OtadService(MultiService):
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
-        site = self.build_site(authority, DeviceTrust(settings.device_policy, anchors), profile_templates)
+        site = build_site(
+            settings, authority, self.store, self.crypto, self.auth.run, self._reactor, DeviceTrust(settings.device_policy, anchors),
+            profile_templates,
+        )
         urls, own_tls, operators = await self._listen(site, authority, now)
         self.keeper = CertificateKeeper(
             authority, self._authority_loader(create=False), own_tls, operators, settings.hostname, self.crypto, self._reactor
@@ -332,21 +327,6 @@ class OtadService(MultiService):
         purging.addCallback(lambda count: log.info("purged {count} expired challenges", count=count) if count else None)
         # Never let a failure reach TimerService, which would stop purging for good.
         return purging.addErrback(lambda failure: log.failure("purging expired challenges failed", failure=failure))
-
-    def build_site(self, authority: Authority, device_trust: DeviceTrust, profile_templates: list[Template]) -> OtadSite:
-        settings = self.settings
-        enrollment = Enrollment(settings, authority, self.store, self.crypto, self._reactor, device_trust, profile_templates)
-        checker = HtpasswdChecker(settings.htpasswd, self.auth.run, settings.first_password_file)
-        root = Root(
-            {
-                b"": WelcomePage(settings.organization, settings.display_name),
-                b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
-                b"enroll": enroll_resource(enrollment, checker, settings.realm, settings.public_url),
-                b"profile": ProfileRequest(enrollment, settings.public_url),
-                b"scep": SCEPResource(SCEPResponder(settings, authority, self.store, self.crypto, self._reactor)),
-            }
-        )
-        return OtadSite(root, max_body=settings.max_body, reactor=self._reactor)
 
     async def _stop_listening(self) -> None:
         ports, self.ports = self.ports, []

@@ -1,8 +1,9 @@
 """HTTP plumbing shared by every resource: body caps, prompt refusals, async rendering and request logs.
 
-Resources answer with a ``Reply`` or raise ``Refusal``; ``render_async`` turns either into a
-response, logs anything unexpected as a 500 without showing a traceback to the client, and
-never writes after the client has gone.
+Resources answer with a ``Reply`` or raise ``Refusal`` (an HTTP status of their own); the
+services below them raise ``otad.errors.Refused``, whose kind is mapped to a status here and
+nowhere else. ``render_async`` turns any of them into a response, logs anything unexpected as a
+500 without showing a traceback to the client, and never writes after the client has gone.
 """
 
 from __future__ import annotations
@@ -21,12 +22,20 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from otad.errors import Kind, Refused
+
 log = Logger()
 
 # Request lines and single header lines longer than this get a 431 (Twisted's default is to
 # drop the connection silently, which leaves clients hanging). SCEP by GET carries a whole
 # base64 PKIMessage in the request line (about 3.5 KB from certmonger, more for 4096-bit keys).
 MAX_LINE = 16384
+
+# Apple's content type for configuration profiles, signed or not.
+ASPEN_CONFIG = b"application/x-apple-aspen-config"
+
+# The one mapping from the services' refusal kinds to HTTP.
+STATUS_FOR_KIND = {Kind.MALFORMED: 400, Kind.FORBIDDEN: 403, Kind.UNAVAILABLE: 503, Kind.BROKEN: 500}
 
 
 @dataclass
@@ -50,6 +59,12 @@ class Refusal(Exception):
         self.headers = dict(headers or {})
 
 
+def as_refusal(refused: Refused) -> Refusal:
+    """The HTTP answer to a service's refusal: its kind's status, its reason, and Retry-After when it has one."""
+    headers = {b"retry-after": str(refused.retry_after).encode()} if refused.retry_after is not None else {}
+    return Refusal(STATUS_FOR_KIND[refused.kind], refused.reason, headers)
+
+
 def _plain(request: Request, code: int, text: str, headers: Mapping[bytes, bytes] = {}) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -58,9 +73,11 @@ def _plain(request: Request, code: int, text: str, headers: Mapping[bytes, bytes
     return (text + "\n").encode("utf-8")
 
 
-def refuse(request: Request, refusal: Refusal) -> bytes:
+def refuse(request: Request, refusal: Refusal | Refused) -> bytes:
     """Write a refusal's status and headers, note it for the request log, and return its body."""
-    request.otad_outcome = f"refused: {refusal.reason}"  # type: ignore[attr-defined]
+    if isinstance(refusal, Refused):
+        refusal = as_refusal(refusal)
+    request.otad_outcome = f"{'error' if refusal.code >= 500 else 'refused'}: {refusal.reason}"  # type: ignore[attr-defined]
     return _plain(request, refusal.code, refusal.reason, refusal.headers)
 
 
@@ -81,7 +98,7 @@ def render_async(request: Request, handler: Callable[[], Awaitable[Reply] | Repl
     """
     try:
         result = handler()
-    except Refusal as refusal:
+    except (Refusal, Refused) as refusal:
         return refuse(request, refusal)
     except Exception:
         log.failure("unexpected error in {path}", path=_path(request))
@@ -106,7 +123,7 @@ def render_async(request: Request, handler: Callable[[], Awaitable[Reply] | Repl
     def failed(failure: Failure) -> None:
         if gone and failure.check(CancelledError):
             return
-        if failure.check(Refusal):
+        if failure.check(Refusal, Refused):
             body = refuse(request, failure.value)
         else:
             log.failure("unexpected error in {path}", failure=failure, path=_path(request))

@@ -52,29 +52,21 @@ def authority() -> Authority:
 
 
 class MemorySite:
-    """The real resource tree over a temporary data directory, driven in memory by StubTreq with a fake clock."""
+    """The production site (``otad.site.build_site``) over a temporary data directory, driven in memory by
+    StubTreq, with inline pools and a fake clock."""
 
-    def __init__(
-        self, directory: Path, *, policy: str = "strict", anchors: tuple[Any, ...] = (), organization: str = "Test Org", **settings: Any
-    ) -> None:
-        from cryptography.hazmat.primitives import serialization
+    def __init__(self, directory: Path, *, policy: str = "strict", anchors: tuple[Any, ...] = (), **settings: Any) -> None:
+        import dataclasses
+
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
         from otad import config, users
         from otad.device_trust import DeviceTrust
-        from otad.enrollment import Enrollment
-        from otad.resources.ca import RootCertificate
-        from otad.resources.enroll import enroll_resource
-        from otad.resources.profile import ProfileRequest
-        from otad.resources.root import Root
-        from otad.resources.welcome import WelcomePage
-        from otad.users import HtpasswdChecker
-        from otad.web import OtadSite
+        from otad.site import build_site
+        from otad.tap import load_profile_templates
 
         directory.mkdir(parents=True, exist_ok=True)
-        import dataclasses
-
         self.settings = dataclasses.replace(config.load(None, {"data_dir": str(directory), "hostname": "otad.test"}), **settings)
         users.set_password(self.settings.htpasswd, b"alice", b"correct horse", rounds=4)
         self.clock = Clock()
@@ -82,22 +74,10 @@ class MemorySite:
         self.store = InlineStoreThread(self.settings.database)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
-        from otad.templates import DEFAULT_DIRECTORY, load_templates
-
-        profile_templates = load_templates(self.settings.templates or DEFAULT_DIRECTORY)
-        enrollment = Enrollment(
-            self.settings, self.authority, self.store, pool, self.clock, DeviceTrust(policy, anchors), profile_templates
+        self.site = build_site(
+            self.settings, self.authority, self.store, pool, pool.run, self.clock, DeviceTrust(policy, anchors),
+            load_profile_templates(self.settings.templates),
         )
-        checker = HtpasswdChecker(self.settings.htpasswd, pool.run)
-        root = Root(
-            {
-                b"": WelcomePage(organization, "Profile Service"),
-                b"CA": RootCertificate(self.authority.root.cert.public_bytes(serialization.Encoding.DER)),
-                b"enroll": enroll_resource(enrollment, checker, "otad test", ""),
-                b"profile": ProfileRequest(enrollment, ""),
-            }
-        )
-        self.site = OtadSite(root, max_body=self.settings.max_body)
         self.treq = StubTreq(self.site.resource)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from otad import admin, cms, config, tokens
+from otad.issued import IssuedCertificates
 from otad.scep_responder import SCEPResponder
 from otad.store import Store
 from tests.fakeapple import self_signed_identity
@@ -43,7 +44,10 @@ class SCEPApprovalTests(unittest.TestCase):
         self.addCleanup(lambda: self.store.call(lambda store: store.close()))
         self.clock = Clock()
         self.clock.advance(2_000_000_000)
-        self.responder = SCEPResponder(self.settings, authority(), self.store, InlinePool(None, "inline", 1), self.clock)  # type: ignore[arg-type]
+        self.responder = SCEPResponder(
+            self.settings, authority(), self.store, InlinePool(None, "inline", 1), self.clock,  # type: ignore[arg-type]
+            IssuedCertificates(authority(), self.store),
+        )
         self.key = client_key()
         self.signer = self_signed_identity("approval-test", key=self.key)
 

@@ -31,6 +31,8 @@ from twisted.web.test.requesthelper import DummyRequest
 from otad import config, tokens
 from otad.ca import Authority, Identity, device_binding, serial_hex
 from otad.cms import read_certs_only
+from otad.errors import Kind, Refused
+from otad.issued import IssuedCertificates
 from otad.resources.root import Root
 from otad.resources.scep import SCEPResource, decode_message, query_parameter
 from otad.scep_responder import SCEPResponder
@@ -172,7 +174,7 @@ class SCEPResponderTests(unittest.TestCase):
     # -- helpers ---------------------------------------------------------------------------
 
     def make_responder(self, settings: config.Config, authority: Authority) -> SCEPResponder:
-        return SCEPResponder(settings, authority, self.store, self.pool, self.clock)
+        return SCEPResponder(settings, authority, self.store, self.pool, self.clock, IssuedCertificates(authority, self.store))
 
     def challenge(self, kind: str = "scep", udid: str | None = UDID, *, ttl: float = 3600, uses: int = 1) -> tuple[str, int]:
         """A challenge created the way phase 2 (kind scep) or otad-admin (kind static) does; returns (token, id)."""
@@ -491,14 +493,15 @@ class SCEPResponderTests(unittest.TestCase):
     # -- unreadable input ----------------------------------------------------------------------
 
     def test_unreadable_messages_are_refused(self) -> None:
-        """Garbage, a truncated PKIMessage and a PKIMessage with a tampered signature get Refusal 400 (no CertRep) and a logged event."""
+        """Garbage, a truncated PKIMessage and a PKIMessage with a tampered signature are refused as malformed
+        (no CertRep) with a one-line reason, and each refusal is a logged event."""
         token, _ = self.challenge()
         good = self.request(token).der
         tampered = bytearray(good)
         tampered[-1] ^= 0x01
         for der in (b"\x00not a pki message", good[: len(good) // 2], bytes(tampered), b""):
-            failure = self.failureResultOf(ensureDeferred(self.responder.pki_operation(der, "POST")), Refusal)
-            self.assertEqual(failure.value.code, 400)
+            failure = self.failureResultOf(ensureDeferred(self.responder.pki_operation(der, "POST")), Refused)
+            self.assertEqual(failure.value.kind, Kind.MALFORMED)
             self.assertNotIn("\n", failure.value.reason)
         events = self.events("refused")
         self.assertEqual(len(events), 4)

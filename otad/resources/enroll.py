@@ -12,9 +12,7 @@ from zope.interface import implementer
 
 from otad.enrollment import Enrollment
 from otad.users import HtpasswdChecker
-from otad.web import MethodResource, Reply, base_url, render_async
-
-ASPEN_CONFIG = b"application/x-apple-aspen-config"
+from otad.web import ASPEN_CONFIG, MethodResource, Reply, base_url, render_async
 
 
 class EnrollPage(MethodResource):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from otad.enrollment import Enrollment, RepeatRedirect
-from otad.resources.enroll import ASPEN_CONFIG
-from otad.web import MethodResource, Refusal, Reply, base_url, render_async
+from otad.web import ASPEN_CONFIG, MethodResource, Refusal, Reply, base_url, render_async
 
 
 class ProfileRequest(MethodResource):

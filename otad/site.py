@@ -1,0 +1,58 @@
+"""The production resource tree: every URL, and the services behind it, built in one place.
+
+The daemon (``otad.tap``) and the in-memory tests build the site here, so the tests drive the
+same tree, resources and services that devices reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from otad.ca import Authority
+from otad.config import Config
+from otad.device_trust import DeviceTrust
+from otad.enrollment import Enrollment
+from otad.issued import IssuedCertificates
+from otad.pool import WorkerPool
+from otad.resources.ca import RootCertificate
+from otad.resources.enroll import enroll_resource
+from otad.resources.profile import ProfileRequest
+from otad.resources.root import Root
+from otad.resources.scep import SCEPResource
+from otad.resources.welcome import WelcomePage
+from otad.scep_responder import SCEPResponder
+from otad.store import StoreThread
+from otad.templates import Template
+from otad.users import HtpasswdChecker
+from otad.web import OtadSite
+
+
+def build_site(
+    settings: Config,
+    authority: Authority,
+    store: StoreThread,
+    crypto: WorkerPool,
+    run_auth: Callable[..., Deferred[Any]],
+    clock: IReactorTime,
+    device_trust: DeviceTrust,
+    profile_templates: Sequence[Template],
+) -> OtadSite:
+    """``/``, ``/CA``, ``/enroll``, ``/profile`` and ``/scep`` over the given store, pools and clock."""
+    issued = IssuedCertificates(authority, store)
+    enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued)
+    checker = HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file)
+    root = Root(
+        {
+            b"": WelcomePage(settings.organization, settings.display_name),
+            b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
+            b"enroll": enroll_resource(enrollment, checker, settings.realm, settings.public_url),
+            b"profile": ProfileRequest(enrollment, settings.public_url),
+            b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued)),
+        }
+    )
+    return OtadSite(root, max_body=settings.max_body, reactor=clock)
