@@ -12,8 +12,9 @@ import re
 import socket
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from otad import listeners
@@ -147,116 +148,107 @@ def _nonempty(text: str) -> str:
     return value
 
 
+_DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
 def _hostname(text: str) -> str:
     value = text.strip().lower()
     if not value:
-        return ""  # filled in with this machine's name
+        return default_hostname()
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
         pass
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", value):
+    if not _DNS_NAME.fullmatch(value):
         raise ValueError(f"not a DNS host name or IP address: {text!r}")
     return value
 
 
-# section -> key -> (parser, default text). The defaults here are the embedded defaults that
-# `twistd otad` runs on with no config file; etc/otad.conf documents each of them.
-_SCHEMA: dict[str, dict[str, tuple[Callable[[str], object], str]]] = {
-    "server": {
-        "listen": (_listen, "ssl:8443"),
-        "hostname": (_hostname, ""),
-        "public_url": (_public_url, ""),
-        "data_dir": (lambda text: text.strip(), "."),
-        "htpasswd": (lambda text: text.strip(), ""),
-        "organization": (_nonempty, "Example Inc."),
-        "max_body": (_int_range(1024, 16 * 1024 * 1024), "65536"),
-        "json_log": (lambda text: text.strip(), ""),
-        "first_password": (_choice("auto", "log", "file"), "auto"),
-        "crypto_threads": (_int_range(1, 64), "2"),
-        "auth_threads": (_int_range(1, 64), "2"),
-    },
-    "enrollment": {
-        "realm": (_realm, "otad"),
-        "identifier": (_identifier, "com.example.otad"),
-        "display_name": (_nonempty, "Example Inc. Profile Service"),
-        "description": (_nonempty, "Install this profile to enroll this device with Example Inc."),
-        "device_attributes": (_words, "UDID VERSION PRODUCT SERIAL IMEI MEID"),
-        "challenge_ttl": (parse_duration, "15m"),
-        "scep_subject": (_subject_template, "O=$ORGANIZATION/CN=$UDID"),
-        "keysize": (_int_in(1024, 2048, 4096), "2048"),
-        "scep_challenge_ttl": (parse_duration, "1h"),
-        "identity": (_choice("scep", "pkcs12"), "scep"),
-        "on_repeat": (_choice("update", "redirect"), "update"),
-    },
-    "profile": {
-        "templates": (lambda text: text.strip(), ""),
-        "intranet_url": (_public_url, "https://intranet.example.com"),
-        "expiration": (lambda text: parse_duration(text) if text.strip() else 0, ""),
-        "removal_disallowed": (_boolean, "no"),
-    },
-    "scep": {
-        "capabilities": (_words, "POSTPKIOperation SHA-256 SHA-384 SHA-512 AES DES3 SCEPStandard Renewal"),
-        "cert_validity": (parse_duration, "365d"),
-        "min_key_size": (_int_in(1024, 2048, 3072, 4096), "2048"),
-        "allow_legacy_1024": (_boolean, "no"),
-        "ca_cert_format": (_choice("ca-ra", "ca"), "ca-ra"),
-        "key_usage": (_key_usages, "digitalSignature keyEncipherment"),
-        "subject_alt_names": (_choice("drop", "copy"), "drop"),
-        "approval": (_choice("auto", "manual"), "auto"),
-    },
-    "device": {
-        "policy": (_choice("strict", "log", "off"), "strict"),
-        "anchors": (lambda text: text.strip(), ""),
-    },
-    "ca": {
-        "key_size": (_int_in(3072, 4096), "3072"),
-        "common_name": (lambda text: text.strip(), ""),
-    },
-}
+def _path(text: str) -> Path | None:
+    """An absolute path, or None for an empty value."""
+    value = text.strip()
+    return Path(value).expanduser().absolute() if value else None
+
+
+def _data_dir(text: str) -> Path:
+    return Path(text.strip() or ".").expanduser().absolute()
+
+
+def _optional_duration(text: str) -> int:
+    return parse_duration(text) if text.strip() else 0
+
+
+def _text(text: str) -> str:
+    return text.strip()
 
 
 @dataclass(frozen=True)
-class Config:
-    """Every setting otad reads, validated; paths are absolute."""
+class Setting:
+    """Where a Config field comes from: ``[section] key`` of the ini file, its parser and its default text."""
 
-    listen: tuple[str, ...] = ("ssl:8443",)
-    hostname: str = "localhost"
-    public_url: str = ""
-    data_dir: Path = Path(".")
-    htpasswd: Path = Path("htpasswd")
-    organization: str = "Example Inc."
-    max_body: int = 65536
-    json_log: Path | None = None
-    first_password: str = "auto"
-    crypto_threads: int = 2
-    auth_threads: int = 2
-    realm: str = "otad"
-    identifier: str = "com.example.otad"
-    display_name: str = "Example Inc. Profile Service"
-    description: str = ""
-    device_attributes: tuple[str, ...] = ()
-    challenge_ttl: int = 900
-    scep_subject: str = "O=$ORGANIZATION/CN=$UDID"
-    keysize: int = 2048
-    scep_challenge_ttl: int = 3600
-    identity: str = "scep"
-    on_repeat: str = "update"
-    templates: Path | None = None
-    intranet_url: str = ""
-    profile_expiration: int = 0
-    removal_disallowed: bool = False
-    scep_capabilities: tuple[str, ...] = ()
-    cert_validity: int = 365 * 86400
-    min_key_size: int = 2048
-    ca_cert_format: str = "ca-ra"
-    allowed_key_usage: tuple[str, ...] = KEY_USAGES
-    copy_subject_alt_names: bool = False
-    manual_approval: bool = False
-    device_policy: str = "strict"
-    device_anchors: Path | None = None
-    ca_key_size: int = 3072
-    ca_common_name: str = ""
+    section: str
+    key: str
+    parse: Callable[[str], Any]
+    default: str
+
+
+def _setting(section: str, key: str, parse: Callable[[str], Any], default: str) -> Any:
+    return field(metadata={"setting": Setting(section, key, parse, default)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every setting otad reads, validated; paths are absolute.
+
+    Each field names its ini key, parser and default text: this is the one schema. The defaults
+    are what ``twistd otad`` runs on with no config file, and etc/otad.conf is checked against
+    them by the tests rather than kept in step by hand.
+    """
+
+    listen: tuple[str, ...] = _setting("server", "listen", _listen, "ssl:8443")
+    hostname: str = _setting("server", "hostname", _hostname, "")
+    public_url: str = _setting("server", "public_url", _public_url, "")
+    data_dir: Path = _setting("server", "data_dir", _data_dir, ".")
+    # None in the file means DATA_DIR/htpasswd; load() fills it in.
+    htpasswd: Path = _setting("server", "htpasswd", _path, "")
+    organization: str = _setting("server", "organization", _nonempty, "Example Inc.")
+    max_body: int = _setting("server", "max_body", _int_range(1024, 16 * 1024 * 1024), "65536")
+    json_log: Path | None = _setting("server", "json_log", _path, "")
+    first_password: str = _setting("server", "first_password", _choice("auto", "log", "file"), "auto")
+    crypto_threads: int = _setting("server", "crypto_threads", _int_range(1, 64), "2")
+    auth_threads: int = _setting("server", "auth_threads", _int_range(1, 64), "2")
+    realm: str = _setting("enrollment", "realm", _realm, "otad")
+    identifier: str = _setting("enrollment", "identifier", _identifier, "com.example.otad")
+    display_name: str = _setting("enrollment", "display_name", _nonempty, "Example Inc. Profile Service")
+    description: str = _setting(
+        "enrollment", "description", _nonempty, "Install this profile to enroll this device with Example Inc."
+    )
+    device_attributes: tuple[str, ...] = _setting("enrollment", "device_attributes", _words, "UDID VERSION PRODUCT SERIAL IMEI MEID")
+    challenge_ttl: int = _setting("enrollment", "challenge_ttl", parse_duration, "15m")
+    scep_subject: str = _setting("enrollment", "scep_subject", _subject_template, "O=$ORGANIZATION/CN=$UDID")
+    keysize: int = _setting("enrollment", "keysize", _int_in(1024, 2048, 4096), "2048")
+    scep_challenge_ttl: int = _setting("enrollment", "scep_challenge_ttl", parse_duration, "1h")
+    identity: str = _setting("enrollment", "identity", _choice("scep", "pkcs12"), "scep")
+    on_repeat: str = _setting("enrollment", "on_repeat", _choice("update", "redirect"), "update")
+    templates: Path | None = _setting("profile", "templates", _path, "")
+    intranet_url: str = _setting("profile", "intranet_url", _public_url, "https://intranet.example.com")
+    profile_expiration: int = _setting("profile", "expiration", _optional_duration, "")
+    removal_disallowed: bool = _setting("profile", "removal_disallowed", _boolean, "no")
+    scep_capabilities: tuple[str, ...] = _setting(
+        "scep", "capabilities", _words, "POSTPKIOperation SHA-256 SHA-384 SHA-512 AES DES3 SCEPStandard Renewal"
+    )
+    cert_validity: int = _setting("scep", "cert_validity", parse_duration, "365d")
+    min_key_size: int = _setting("scep", "min_key_size", _int_in(1024, 2048, 3072, 4096), "2048")
+    allow_legacy_1024: bool = _setting("scep", "allow_legacy_1024", _boolean, "no")
+    ca_cert_format: str = _setting("scep", "ca_cert_format", _choice("ca-ra", "ca"), "ca-ra")
+    allowed_key_usage: tuple[str, ...] = _setting("scep", "key_usage", _key_usages, "digitalSignature keyEncipherment")
+    copy_subject_alt_names: bool = _setting("scep", "subject_alt_names", lambda text: _choice("drop", "copy")(text) == "copy", "drop")
+    manual_approval: bool = _setting("scep", "approval", lambda text: _choice("auto", "manual")(text) == "manual", "auto")
+    device_policy: str = _setting("device", "policy", _choice("strict", "log", "off"), "strict")
+    device_anchors: Path | None = _setting("device", "anchors", _path, "")
+    ca_key_size: int = _setting("ca", "key_size", _int_in(3072, 4096), "3072")
+    # Empty means "<organization> otad Root CA"; load() fills it in.
+    ca_common_name: str = _setting("ca", "common_name", _text, "")
 
     @property
     def certs_dir(self) -> Path:
@@ -276,105 +268,77 @@ class Config:
         return tuple(listeners.parse(description) for description in self.listen)
 
 
+def settings_schema() -> dict[str, dict[str, Setting]]:
+    """Section -> key -> Setting, for every key the ini file may hold."""
+    schema: dict[str, dict[str, Setting]] = {}
+    for entry in fields(Config):
+        setting: Setting = entry.metadata["setting"]
+        schema.setdefault(setting.section, {})[setting.key] = setting
+    return schema
+
+
+# Command-line flags, by the Config field they set.
+_FLAGS = {
+    "listen": "--listen", "data_dir": "--data-dir", "hostname": "--hostname", "htpasswd": "--htpasswd", "device_anchors": "--device-ca",
+}
+
+
 def default_hostname() -> str:
     """The machine's short host name, lower-cased: what devices on the LAN most likely use."""
+    name = socket.gethostname().strip().lower()
+    return name if _DNS_NAME.fullmatch(name) else "localhost"
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
     try:
-        return _hostname(socket.gethostname())
-    except ValueError:
-        return "localhost"
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as error:
+        first_line = str(error).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid ini: {first_line}") from None
+    schema = settings_schema()
+    for section in parser.sections():
+        if section not in schema:
+            raise ConfigError(f"unknown config section [{section}]")
+        for key in parser[section]:
+            if key not in schema[section]:
+                raise ConfigError(f"unknown config key [{section}] {key}")
+    return parser
 
 
 def load(path: Path | None = None, overrides: Mapping[str, object] | None = None) -> Config:
     """Read the ini file (if any), apply command-line overrides, and validate everything.
 
-    ``overrides`` uses Config field names (``listen``, ``data_dir``, ``hostname``, ``htpasswd``…);
-    a value of None means "not given on the command line".
+    ``overrides`` uses Config field names (``listen``, ``data_dir``, ``hostname``, ``htpasswd``,
+    ``device_ca`` for ``device_anchors``); a value of None (or empty) means "not given on the command line".
     """
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    parser.optionxform = str  # type: ignore[assignment, method-assign]
-    if path is not None:
+    parser = _read_ini(path) if path is not None else None
+    given = {("device_anchors" if key == "device_ca" else key): value for key, value in (overrides or {}).items()
+             if value not in (None, (), [])}
+    for name in given:
+        if name not in _FLAGS:
+            raise ConfigError(f"unknown override {name}")
+    values: dict[str, Any] = {}
+    for entry in fields(Config):
+        setting: Setting = entry.metadata["setting"]
+        if entry.name in given:
+            value, where = given[entry.name], _FLAGS[entry.name]
+            text: Any = tuple(value) if isinstance(value, (list, tuple)) else str(value)
+        else:
+            text = parser.get(setting.section, setting.key, fallback=setting.default) if parser else setting.default
+            where = f"[{setting.section}] {setting.key}"
         try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        except (configparser.Error, UnicodeDecodeError) as error:
-            first_line = str(error).splitlines()[0]
-            raise ConfigError(f"config file {path} is not valid ini: {first_line}") from None
-    values: dict[str, dict[str, object]] = {}
-    for section in parser.sections():
-        if section not in _SCHEMA:
-            raise ConfigError(f"unknown config section [{section}]")
-    for section, keys in _SCHEMA.items():
-        given = parser[section] if parser.has_section(section) else {}
-        for key in given:
-            if key not in keys:
-                raise ConfigError(f"unknown config key [{section}] {key}")
-        values[section] = {}
-        for key, (convert, default) in keys.items():
-            text = given.get(key, default)
-            try:
-                values[section][key] = convert(text)
-            except ValueError as error:
-                raise ConfigError(f"bad value for [{section}] {key}: {error}") from None
-    server, enrollment, ca, device = values["server"], values["enrollment"], values["ca"], values["device"]
-    scep, profile = values["scep"], values["profile"]
-    if scep["min_key_size"] == 1024 and not scep["allow_legacy_1024"]:
-        raise ConfigError("bad value for [scep] min_key_size: 1024 needs allow_legacy_1024 = yes")
-    for key, value in (overrides or {}).items():
-        if value is None or value == () or value == []:
-            continue
-        if key == "device_ca":
-            values["device"]["anchors"] = str(value)
-            continue
-        if key not in ("listen", "data_dir", "hostname", "htpasswd"):
-            raise ConfigError(f"unknown override {key}")
-        try:
-            server[key] = _SCHEMA["server"][key][0](value)  # type: ignore[arg-type]
+            values[entry.name] = setting.parse(text)
         except ValueError as error:
-            raise ConfigError(f"bad value for --{key.replace('_', '-')}: {error}") from None
-    if "UDID" not in enrollment["device_attributes"]:  # type: ignore[operator]
+            raise ConfigError(f"bad value for {where}: {error}") from None
+    if values["min_key_size"] == 1024 and not values["allow_legacy_1024"]:
+        raise ConfigError("bad value for [scep] min_key_size: 1024 needs allow_legacy_1024 = yes")
+    if "UDID" not in values["device_attributes"]:
         raise ConfigError("bad value for [enrollment] device_attributes: UDID is required")
-    data_dir = Path(str(server["data_dir"])).expanduser().absolute()
-    htpasswd = Path(str(server["htpasswd"])) if server["htpasswd"] else data_dir / "htpasswd"
-    json_log = Path(str(server["json_log"])).absolute() if server["json_log"] else None
-    organization = str(server["organization"])
-    return Config(
-        listen=tuple(server["listen"]),  # type: ignore[arg-type]
-        hostname=str(server["hostname"]) or default_hostname(),
-        public_url=str(server["public_url"]),
-        data_dir=data_dir,
-        htpasswd=htpasswd.expanduser().absolute(),
-        organization=organization,
-        max_body=int(server["max_body"]),  # type: ignore[call-overload]
-        json_log=json_log,
-        first_password=str(server["first_password"]),
-        crypto_threads=int(server["crypto_threads"]),  # type: ignore[call-overload]
-        auth_threads=int(server["auth_threads"]),  # type: ignore[call-overload]
-        realm=str(enrollment["realm"]),
-        identifier=str(enrollment["identifier"]),
-        display_name=str(enrollment["display_name"]),
-        description=str(enrollment["description"]),
-        device_attributes=tuple(enrollment["device_attributes"]),  # type: ignore[arg-type]
-        challenge_ttl=int(enrollment["challenge_ttl"]),  # type: ignore[call-overload]
-        scep_subject=str(enrollment["scep_subject"]),
-        keysize=int(enrollment["keysize"]),  # type: ignore[call-overload]
-        scep_challenge_ttl=int(enrollment["scep_challenge_ttl"]),  # type: ignore[call-overload]
-        identity=str(enrollment["identity"]),
-        on_repeat=str(enrollment["on_repeat"]),
-        templates=Path(str(profile["templates"])).expanduser().absolute() if profile["templates"] else None,
-        intranet_url=str(profile["intranet_url"]),
-        profile_expiration=int(profile["expiration"]),  # type: ignore[call-overload]
-        removal_disallowed=bool(profile["removal_disallowed"]),
-        scep_capabilities=tuple(scep["capabilities"]),  # type: ignore[arg-type]
-        cert_validity=int(scep["cert_validity"]),  # type: ignore[call-overload]
-        min_key_size=int(scep["min_key_size"]),  # type: ignore[call-overload]
-        ca_cert_format=str(scep["ca_cert_format"]),
-        allowed_key_usage=tuple(scep["key_usage"]),  # type: ignore[arg-type]
-        copy_subject_alt_names=scep["subject_alt_names"] == "copy",
-        manual_approval=scep["approval"] == "manual",
-        device_policy=str(device["policy"]),
-        device_anchors=Path(str(device["anchors"])).expanduser().absolute() if device["anchors"] else None,
-        ca_key_size=int(ca["key_size"]),  # type: ignore[call-overload]
-        ca_common_name=str(ca["common_name"]) or f"{organization} otad Root CA",
-    )
+    values["htpasswd"] = values["htpasswd"] or values["data_dir"] / "htpasswd"
+    values["ca_common_name"] = values["ca_common_name"] or f"{values['organization']} otad Root CA"
+    return Config(**values)

@@ -32,6 +32,21 @@ class ConfigTests(unittest.TestCase):
         shipped = Path(__file__).parent.parent / "etc" / "otad.conf"
         self.assertEqual(config.load(shipped, {"hostname": "h"}), config.load(None, {"hostname": "h"}))
 
+    def test_shipped_config_file_matches_the_schema(self) -> None:
+        """etc/otad.conf has every section and key of the schema, each set to exactly the schema's default text,
+        and nothing else: the file is checked against the one schema, not kept in step with a copy."""
+        import configparser
+
+        shipped = configparser.ConfigParser(interpolation=None)
+        shipped.optionxform = str  # type: ignore[assignment, method-assign]
+        shipped.read(Path(__file__).parent.parent / "etc" / "otad.conf", encoding="utf-8")
+        schema = config.settings_schema()
+        self.assertEqual(set(shipped.sections()), set(schema))
+        for section, settings in schema.items():
+            self.assertEqual(set(shipped[section]), set(settings), section)
+            for key, setting in settings.items():
+                self.assertEqual(shipped[section][key], setting.default, f"[{section}] {key}")
+
     def test_file_values(self) -> None:
         """Values in the file are parsed: durations, lists, URLs."""
         path = self.write(
