@@ -78,7 +78,7 @@ async def run(arguments: argparse.Namespace) -> None:
         warmup = min(arguments.warmup, arguments.requests)
         total = warmup + arguments.requests
         token, digest = tokens.mint()
-        store = Store(data_dir / "otad.sqlite")
+        store = Store.open_existing(data_dir / "otad.sqlite")
         store.add_challenge(digest, "static", None, now=time.time(), ttl=24 * 3600, uses=total)
         store.close()
 

@@ -20,7 +20,7 @@ from otad.store import Store  # noqa: E402
 
 def measure(synchronous: str, count: int) -> list[float]:
     directory = Path(tempfile.mkdtemp(prefix="otad-bench-"))
-    store = Store(directory / "otad.sqlite")
+    store = Store.open(directory / "otad.sqlite")
     store._db.execute(f"PRAGMA synchronous={synchronous}")
     samples = []
     for index in range(count):

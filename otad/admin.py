@@ -125,11 +125,8 @@ def user_list(args: argparse.Namespace) -> int:
 def _open_store(args: argparse.Namespace) -> Iterator[Store]:
     settings = _settings(args)
     _writable(settings.data_dir)
-    # Opening would create an empty database: a mistyped --data-dir must not look like "no data".
-    if not settings.database.exists():
-        raise AdminError(f"no state database at {settings.database}; has otad been started with this --data-dir?")
     try:
-        store = Store(settings.database)
+        store = Store.open_existing(settings.database)
     except StoreError as error:
         raise AdminError(str(error)) from None
     try:
@@ -231,8 +228,11 @@ def challenge_list(args: argparse.Namespace) -> int:
 
 
 def challenge_revoke(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        revoked = store.revoke_challenge(args.id, now=time.time())
+    now = time.time()
+    with _open_store(args) as store, store.transaction():
+        revoked = store.revoke_challenge(args.id, now=now)
+        if revoked:
+            store.record_event(now=now, kind="challenge", outcome="revoked", reason=f"challenge {args.id}")
     if not revoked:
         raise AdminError(f"no unrevoked challenge with id {args.id}")
     print(f"revoked challenge {args.id}")
@@ -326,8 +326,11 @@ def certs_show(args: argparse.Namespace) -> int:
 
 def certs_revoke(args: argparse.Namespace) -> int:
     serial = _serial(args.serial)
-    with _open_store(args) as store:
-        revoked = store.revoke(serial, reason=args.reason, now=time.time())
+    now = time.time()
+    with _open_store(args) as store, store.transaction():
+        revoked = store.revoke(serial, reason=args.reason, now=now)
+        if revoked:
+            store.record_event(now=now, kind="certificate", outcome="revoked", serial=serial, reason=args.reason)
     if not revoked:
         raise AdminError(f"no unrevoked certificate with serial {serial}")
     print(f"revoked certificate {serial}")
@@ -356,8 +359,12 @@ def requests_list(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
-    with _open_store(args) as store:
-        decided = store.decide_request(args.transaction_id, approve=approve, now=time.time())
+    now = time.time()
+    outcome = "approved" if approve else "rejected"
+    with _open_store(args) as store, store.transaction():
+        decided = store.decide_request(args.transaction_id, approve=approve, now=now)
+        if decided:
+            store.record_event(now=now, kind="scep", outcome=outcome, reason=f"transaction {args.transaction_id}")
     if not decided:
         raise AdminError(f"no pending request with transaction id {args.transaction_id}")
     print(f"{'approved' if approve else 'rejected'} {args.transaction_id}; the client gets the answer at its next poll")

@@ -58,6 +58,13 @@ def _adopt(descriptor: int, uid: int, gid: int) -> None:
         os.fchown(descriptor, uid, gid)
 
 
+def give_like(path: Path, model: Path) -> None:
+    """Give ``path`` the owner and group of ``model`` (when this process is root; otherwise they already match)."""
+    reference = model.stat()
+    if os.geteuid() == 0 and (reference.st_uid, reference.st_gid) != (0, 0):
+        os.chown(path, reference.st_uid, reference.st_gid)
+
+
 def write_atomically(path: Path, data: bytes, mode: int, *, keep_mode: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one.
 

@@ -1,7 +1,9 @@
-"""otad's persistent state: one-time challenges, the event log, and (as the schema grows) devices and certificates.
+"""otad's persistent state: one-time challenges, devices, certificates, deliveries, held SCEP requests, events.
 
 The store is synchronous and takes ``now`` from its caller, so it needs no clock and no reactor;
-``StoreThread`` runs it on one dedicated thread so the reactor never waits on SQLite.
+``StoreThread`` runs it on one dedicated thread so the reactor never waits on SQLite. Each
+method changes its own rows only: a caller that wants an event writes it with ``record_event``
+in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 
+from otad.files import give_like
 from otad.pool import WorkerPool
 
 T = TypeVar("T")
@@ -131,22 +135,90 @@ def _upgrade_scripts() -> list[tuple[int, str]]:
     return sorted(scripts)
 
 
-class Store:
-    """SQLite state, in WAL mode so ``otad-admin`` can read and write while the daemon runs."""
+NEWEST_SCHEMA = _upgrade_scripts()[-1][0]
 
-    def __init__(self, path: Path | str) -> None:
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write transaction takes
+    # the write lock up front instead of failing half-way with SQLITE_BUSY. mode=rw never
+    # creates a file, so a mistyped path cannot look like an empty database.
+    uri = f"file:{quote(str(path))}?mode={'rwc' if create else 'rw'}"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a certificate otad has sent must survive a power cut, not only a crash.
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def _version(db: sqlite3.Connection) -> int:
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+    if not exists:
+        return 0
+    return int(db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+
+
+class Store:
+    """SQLite state, in WAL mode so ``otad-admin`` can read and write while the daemon runs.
+
+    The daemon opens it with ``open`` (which creates and upgrades the schema); tools use
+    ``open_existing``, which never changes the schema under a running daemon.
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._depth = 0
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """For the daemon: create the database, or upgrade it to this otad's schema after copying it aside.
+
+        The copy (``otad.sqlite.vN.bak``, made with SQLite's online backup) is what to restore if
+        an upgrade goes wrong; foreign keys are checked once the upgrade is in.
+        """
+        path = Path(path)
         try:
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write transaction
-            # takes the write lock up front instead of failing half-way with SQLITE_BUSY.
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a certificate otad has sent must survive a power cut, not only a crash.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._depth = 0
-            self._upgrade()
+            db = _connect(path, create=True)
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the state database {path}: {error}") from None
+        try:
+            current = _version(db)
+            if current > NEWEST_SCHEMA:
+                raise StoreError(f"the database {path} is at schema version {current}, newer than this otad ({NEWEST_SCHEMA})")
+            if current and current < NEWEST_SCHEMA:
+                _copy_aside(db, path, current)
+            store = cls(db, path)
+            store._upgrade(current)
+            return store
+        except BaseException as error:
+            db.close()
+            if isinstance(error, sqlite3.Error):
+                raise StoreError(f"cannot open the state database {path}: {error}") from None
+            raise
+
+    @classmethod
+    def open_existing(cls, path: Path | str) -> Store:
+        """For tools: the database must exist and be at exactly the schema this otad knows; it is never changed."""
+        path = Path(path)
+        try:
+            db = _connect(path, create=False)
+        except sqlite3.OperationalError:
+            raise StoreError(f"no state database at {path}; has otad been started with this data directory?") from None
+        try:
+            current = _version(db)
+        except sqlite3.Error as error:
+            db.close()
+            raise StoreError(f"cannot read the state database {path}: {error}") from None
+        if current != NEWEST_SCHEMA:
+            db.close()
+            if current < NEWEST_SCHEMA:
+                raise StoreError(
+                    f"the database {path} is at schema version {current} and this otad needs {NEWEST_SCHEMA}: "
+                    "restart the daemon (it upgrades the database) before using this tool"
+                )
+            raise StoreError(f"the database {path} is at schema version {current}, newer than this otad ({NEWEST_SCHEMA})")
+        return cls(db, path)
 
     def close(self) -> None:
         self._db.close()
@@ -173,22 +245,19 @@ class Store:
         self._db.execute("COMMIT")
 
     def schema_version(self) -> int:
-        row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        return int(row[0] or 0)
+        return _version(self._db)
 
-    def _upgrade(self) -> None:
+    def _upgrade(self, current: int) -> None:
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)")
-            current = self.schema_version()
-            scripts = _upgrade_scripts()
-            newest = scripts[-1][0] if scripts else 0
-            if current > newest:
-                raise StoreError(f"the database is at schema version {current}, newer than this otad ({newest})")
-            for version, script in scripts:
+            for version, script in _upgrade_scripts():
                 if version > current:
                     for statement in _statements(script):
                         db.execute(statement)
                     db.execute("INSERT INTO schema_version VALUES (?, julianday('now'))", (version,))
+            broken = db.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise StoreError(f"the upgraded database {self.path} breaks {len(broken)} foreign keys (first in {broken[0][0]})")
 
     # -- challenges ------------------------------------------------------------------------
 
@@ -241,11 +310,6 @@ class Store:
             changed = db.execute(
                 "UPDATE challenges SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, challenge_id)
             ).rowcount
-            if changed:
-                db.execute(
-                    "INSERT INTO events (at, kind, outcome, reason) VALUES (?, 'challenge', 'revoked', ?)",
-                    (now, f"challenge {challenge_id}"),
-                )
         return bool(changed)
 
     def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
@@ -332,11 +396,6 @@ class Store:
                 "UPDATE certificates SET revoked = ?, revocation_reason = ? WHERE serial = ? AND revoked IS NULL",
                 (now, reason, serial),
             ).rowcount
-            if changed:
-                db.execute(
-                    "INSERT INTO events (at, kind, outcome, serial, reason) VALUES (?, 'certificate', 'revoked', ?, ?)",
-                    (now, serial, reason),
-                )
         return bool(changed)
 
     # -- SCEP requests held for manual approval -------------------------------------------------
@@ -368,11 +427,6 @@ class Store:
                 "UPDATE scep_requests SET status = ?, decided = ? WHERE transaction_id = ? AND status = 'pending'",
                 ("approved" if approve else "rejected", now, transaction_id),
             ).rowcount
-            if changed:
-                db.execute(
-                    "INSERT INTO events (at, kind, outcome, reason) VALUES (?, 'scep', ?, ?)",
-                    (now, "approved" if approve else "rejected", f"transaction {transaction_id}"),
-                )
         return bool(changed)
 
     def mark_issued(self, transaction_id: str, serial: str) -> None:
@@ -417,6 +471,17 @@ class Store:
             "SELECT at, kind, outcome, user, udid, serial, reason FROM events ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [Event(*row) for row in rows]
+
+
+def _copy_aside(db: sqlite3.Connection, path: Path, version: int) -> None:
+    """Copy the database to ``PATH.vVERSION.bak`` (owned like the database) before upgrading it."""
+    backup_path = path.with_name(f"{path.name}.v{version}.bak")
+    target = sqlite3.connect(str(backup_path))
+    try:
+        db.backup(target)
+    finally:
+        target.close()
+    give_like(backup_path, path)
 
 
 def _statements(script: str) -> list[str]:

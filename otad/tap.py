@@ -176,7 +176,7 @@ class OtadService(MultiService):
         self.crypto.setServiceParent(self)
         self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads)
         self.auth.setServiceParent(self)
-        self.store = StoreThread(reactor, lambda: Store(settings.database))
+        self.store = StoreThread(reactor, lambda: Store.open(settings.database))
         self.store.setServiceParent(self)
         if settings.json_log is not None:
             JSONLogService(settings.json_log).setServiceParent(self)

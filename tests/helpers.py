@@ -32,7 +32,7 @@ class InlineStoreThread(StoreThread):
     run = InlinePool.run  # type: ignore[assignment]
 
     def __init__(self, path: Path) -> None:
-        super().__init__(None, lambda: Store(path))  # type: ignore[arg-type]
+        super().__init__(None, lambda: Store.open(path))  # type: ignore[arg-type]
         self.open()
 
 

@@ -77,7 +77,7 @@ class AdminTests(TestCase):
         self.directory = Path(self.mktemp())
         self.directory.mkdir(parents=True)
         # The test's own connection stays open, as the daemon's would while an admin works.
-        self.store = Store(self.directory / "otad.sqlite")
+        self.store = Store.open(self.directory / "otad.sqlite")
         self.addCleanup(self.store.close)
 
     def admin(self, *argv: str, stdin: bytes = b"", options_first: bool = False) -> tuple[int, str, str]:
@@ -344,7 +344,7 @@ class AdminTests(TestCase):
         self.store.close()
         for path in self.directory.glob("otad.sqlite*"):
             path.unlink()
-        self.store = Store(self.directory / "otad.sqlite")
+        self.store = Store.open(self.directory / "otad.sqlite")
         for argv, words in (
             (["devices"], "no devices"),
             (["certs", "list"], "no certificates"),
@@ -413,7 +413,7 @@ class AdminTests(TestCase):
         for path in [self.directory, *self.directory.iterdir()]:
             os.chown(path, 65534, 65534)
         # A connection that root holds open, as the daemon would: its -wal and -shm files must not become root's.
-        self.store = Store(self.directory / "otad.sqlite")
+        self.store = Store.open(self.directory / "otad.sqlite")
         self.assertEqual(self.admin("user", "add", "alice", stdin=b"correct horse\n")[0], 0)
         self.assertEqual(self.admin("challenge", "create")[0], 0)
         self.assertEqual(self.admin("certs", "revoke", "beef")[0], 0)
@@ -430,7 +430,7 @@ class AdminTests(TestCase):
         self.directory = Path(tempfile.mkdtemp(prefix="otad-admin-"))
         self.addCleanup(shutil.rmtree, self.directory)
         self.directory.chmod(0o777)
-        Store(self.directory / "otad.sqlite").close()
+        Store.open(self.directory / "otad.sqlite").close()
         os.chown(self.directory, 65534, 65534)
         script = Path(sys.executable).parent / "otad-admin"
         result = subprocess.run(

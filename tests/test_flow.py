@@ -99,7 +99,7 @@ class FlowTests(unittest.TestCase):
             again, again_payloads = await device.phase3()
             self.assertEqual(again["PayloadIdentifier"], outer["PayloadIdentifier"])
             self.assertNotEqual(again["PayloadUUID"], outer["PayloadUUID"])
-            store = Store(daemon.data_dir / "otad.sqlite")
+            store = Store.open_existing(daemon.data_dir / "otad.sqlite")
             self.addCleanup(store.close)
             assert device.scep_identity is not None
             self.assertEqual(store.delivery_count(format(device.scep_identity[0].serial_number, "x")), 2)
@@ -199,7 +199,7 @@ class FlowTests(unittest.TestCase):
             raw.commit()
             raw.close()
 
-            store = Store(daemon.data_dir / "otad.sqlite")
+            store = Store.open_existing(daemon.data_dir / "otad.sqlite")
             self.addCleanup(store.close)
             self.assertTrue(store.revoke(serial, reason="lost", now=time.time()))
             with self.assertRaises(UnexpectedResponse) as revoked:

@@ -185,12 +185,32 @@ class ProfilePhase2Tests(unittest.TestCase):
         self.assertEqual(subject[1][0][1], self.device.device_attributes(None)["SERIAL"])
 
     def test_refusals_are_logged_and_change_nothing_else(self) -> None:
-        """Each refusal adds an event with its reason and no device."""
-        self.post(self.device.phase2_body("made-up"))
-        events = self.memory.events()
-        self.assertEqual(events[0].outcome, "refused")
-        self.assertIn("unknown challenge", events[0].reason)
-        self.assertIsNone(self.successResultOf(self.memory.store.call(lambda store: store.device(UDID))))
+        """Each of four refusals (unknown challenge, no challenge, a signature that does not verify, not CMS at all)
+        adds exactly one 'refused' event with its reason, and no device, certificate, delivery or challenge row."""
+        challenge = self.challenge()
+
+        def rows() -> dict[str, int]:
+            def count(store: Any) -> dict[str, int]:
+                tables = ("devices", "certificates", "deliveries", "challenges")
+                return {table: store._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in tables}
+
+            return self.successResultOf(self.memory.store.call(count))
+
+        before = rows()
+        tampered = bytearray(self.device.phase2_body(challenge, ber=False))
+        tampered[tampered.index(b"<plist") + 10] ^= 0x01
+        for body, reason in (
+            (self.device.phase2_body("made-up"), "unknown challenge"),
+            (self.device.phase2_body(None), "carry no challenge"),
+            (bytes(tampered), "signature"),
+            (b"\x30\x03abc", "not a CMS signed request"),
+        ):
+            self.post(body)
+            latest = self.memory.events()[0]
+            self.assertEqual(latest.outcome, "refused")
+            self.assertIn(reason, latest.reason)
+            self.assertEqual(rows(), before, reason)
+        self.assertEqual([event.outcome for event in self.memory.events()[:4]], ["refused"] * 4)
 
     def test_otad_signed_but_not_issued_identity(self) -> None:
         """A phase-3 request signed by a certificate of otad's CA that the store never issued to a device is 403."""

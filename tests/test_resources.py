@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import plistlib
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import cms as asn1_cms
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import ensureDeferred
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from otad import tokens, users
@@ -107,12 +109,18 @@ class ResourceTests(unittest.TestCase):
         self.assertEqual(code, 401)
 
     def test_missing_users_file(self) -> None:
-        """With the users file gone, logins are refused with 401 (and an error logged), not a 500."""
+        """With the users file gone, logins are refused with 401, not a 500, and an error naming the file is logged."""
         self.settings.htpasswd.unlink()
+        seen: list[Any] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         code, _, _ = self.successResultOf(
             ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"alice", b"correct horse")))
         )
         self.assertEqual(code, 401)
+        errors = [event for event in seen if event.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertIn(str(self.settings.htpasswd), formatEvent(errors[0]))
         self.flushLoggedErrors()
 
     def test_malformed_host(self) -> None:

@@ -128,7 +128,7 @@ class SCEPApprovalTests(unittest.TestCase):
         request = self.pkcs_req(self.challenge())
         self.send(request.der)
         # otad-admin opens the same database file, as it would beside the running daemon.
-        Store(self.settings.database).close()
+        Store.open(self.settings.database).close()
 
         def run(*args: str) -> tuple[int, str]:
             out, err = io.StringIO(), io.StringIO()

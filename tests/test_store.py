@@ -8,13 +8,13 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from otad import tokens
-from otad.store import ChallengeRefused, Store, StoreError
+from otad.store import NEWEST_SCHEMA, ChallengeRefused, Store, StoreError
 
 
 class StoreTests(unittest.TestCase):
     def setUp(self) -> None:
         self.path = Path(self.mktemp())
-        self.store = Store(self.path)
+        self.store = Store.open(self.path)
         self.addCleanup(self.store.close)
 
     def test_schema_version_and_wal(self) -> None:
@@ -28,7 +28,7 @@ class StoreTests(unittest.TestCase):
         self.store.record_event(now=1.0, kind="enroll", outcome="ok", user="u")
         version = self.store.schema_version()
         self.store.close()
-        self.store = Store(self.path)
+        self.store = Store.open(self.path)
         self.assertEqual(self.store.schema_version(), version)
         self.assertEqual([e.user for e in self.store.events()], ["u"])
 
@@ -39,10 +39,48 @@ class StoreTests(unittest.TestCase):
         raw.commit()
         raw.close()
         self.store.close()
-        error = self.assertRaises(StoreError, Store, self.path)
-        self.assertIn("999", str(error))
-        self.store = Store.__new__(Store)
-        self.store.close = lambda: None  # type: ignore[method-assign]
+        for opener in (Store.open, Store.open_existing):
+            error = self.assertRaises(StoreError, opener, self.path)
+            self.assertIn("999", str(error))
+        self.store = Store.open(":memory:")
+
+    def downgrade_to_v2(self) -> None:
+        """Make the database look like one written by an otad whose newest schema was version 2."""
+        self.store.record_event(now=1.0, kind="enroll", outcome="ok", user="before")
+        self.store.close()
+        raw = sqlite3.connect(self.path)
+        raw.execute("ALTER TABLE challenges DROP COLUMN revoked")
+        raw.execute("DELETE FROM schema_version WHERE version > 2")
+        raw.commit()
+        raw.close()
+
+    def test_open_upgrades_after_copying_aside(self) -> None:
+        """The daemon's open upgrades an older database after copying it to otad.sqlite.v2.bak, which still holds
+        the old schema and every row; the upgraded one keeps the rows too."""
+        self.downgrade_to_v2()
+        self.store = Store.open(self.path)
+        self.assertEqual(self.store.schema_version(), NEWEST_SCHEMA)
+        self.assertEqual([event.user for event in self.store.events()], ["before"])
+        backup = self.path.with_name(f"{self.path.name}.v2.bak")
+        old = sqlite3.connect(backup)
+        self.assertEqual(old.execute("SELECT MAX(version) FROM schema_version").fetchone()[0], 2)
+        self.assertEqual(old.execute("SELECT user FROM events").fetchall(), [("before",)])
+        old.close()
+
+    def test_open_existing_never_upgrades(self) -> None:
+        """A tool's open_existing refuses an older database, saying to restart the daemon, and leaves it as it was;
+        it also refuses a path with no database instead of creating one."""
+        self.downgrade_to_v2()
+        error = self.assertRaises(StoreError, Store.open_existing, self.path)
+        self.assertIn("schema version 2 and this otad needs", str(error))
+        self.assertIn("restart the daemon", str(error))
+        raw = sqlite3.connect(self.path)
+        self.assertEqual(raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0], 2)
+        raw.close()
+        missing = self.path.with_name("missing.sqlite")
+        self.assertIn("no state database", str(self.assertRaises(StoreError, Store.open_existing, missing)))
+        self.assertFalse(missing.exists())
+        self.store = Store.open(self.path)
 
     def test_challenge_single_use(self) -> None:
         """A challenge is consumed once; the second use is refused as already used."""
@@ -54,11 +92,13 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(str(error), "challenge already used")
 
     def test_challenge_expiry(self) -> None:
-        """A challenge used at or after its expiry is refused as expired, and stays unused."""
+        """A challenge used at or after its expiry is refused as expired, and its use is not counted."""
         _, digest = tokens.mint()
         self.store.add_challenge(digest, "enroll", "alice", now=100.0, ttl=60)
         error = self.assertRaises(ChallengeRefused, self.store.consume_challenge, digest, ("enroll",), now=160.0)
         self.assertEqual(str(error), "challenge expired")
+        [stored] = self.store.challenges(("enroll",))
+        self.assertEqual(stored.uses_left, 1)
 
     def test_challenge_kind(self) -> None:
         """A challenge of another kind is as good as unknown: a SCEP challenge can't pass as a phase-1 one."""

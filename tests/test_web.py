@@ -63,13 +63,16 @@ class WebTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_chunked_body_over_cap(self) -> None:
-        """A chunked body that grows past the cap as it arrives gets 413 and is not kept."""
+        """A chunked body that grows past the cap as it arrives gets 413, and the request's buffer is emptied."""
         channel, transport = self.connect()
         channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         for _ in range(5):
             channel.dataReceived(b"32\r\n" + b"b" * 50 + b"\r\n")
+        # What the request holds of its body once past the cap, before the end arrives.
+        kept = channel.requests[-1]._body.getvalue()
         channel.dataReceived(b"0\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(kept, b"")
 
     def test_long_header_line(self) -> None:
         """A 20 KB header line gets a prompt 431 and the connection is closed, not left hanging."""
