@@ -421,15 +421,6 @@ def expiry_warning(name: str, cert: x509.Certificate, now: datetime.datetime) ->
     return f"otad's {name} certificate {when} and cannot be renewed past the root CA's end"
 
 
-def tls_names(cert: x509.Certificate) -> list[str]:
-    """The DNS names and addresses a TLS certificate covers."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
-
-
 def serial_hex(serial: int) -> str:
     """How otad writes serial numbers everywhere (store, admin, logs): lower-case hex, no leading zeros."""
     return format(serial, "x")
@@ -438,18 +429,6 @@ def serial_hex(serial: int) -> str:
 # The device binding inside each certificate otad issues to a device; the store holds the same
 # binding by serial, and is what phase 3 trusts.
 UDID_URI_PREFIX = "urn:x-otad:udid:"
-
-
-def device_binding(cert: x509.Certificate) -> str | None:
-    """The UDID a certificate otad issued is bound to, or None."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(UDID_URI_PREFIX):
-            return uri[len(UDID_URI_PREFIX) :]
-    return None
 
 
 def issue_client_certificate(

@@ -711,30 +711,6 @@ def pkcs12_payload(
     return _checked_payload(payload)
 
 
-def webclip_payload(
-    *,
-    url: str,
-    label: str,
-    identifier: str,
-    organization: str,
-    display_name: str,
-    description: str = "Adds a link to the Home Screen",
-    removable: bool = True,
-) -> Payload:
-    """Build a com.apple.webClip.managed payload: a Home Screen link to `url`."""
-    payload = _general(
-        "com.apple.webClip.managed",
-        identifier=identifier,
-        display_name=display_name,
-        organization=organization,
-        description=description,
-    )
-    payload["URL"] = url
-    payload["Label"] = label
-    payload["IsRemovable"] = removable
-    return _checked_payload(payload)
-
-
 def configuration_profile(
     *,
     identifier: str,

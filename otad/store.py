@@ -21,6 +21,7 @@ from urllib.parse import quote
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 
+from otad.errors import Unavailable
 from otad.files import give_like
 from otad.pool import WorkerPool
 
@@ -490,6 +491,17 @@ def _statements(script: str) -> list[str]:
     return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]
 
 
+class StoreUnavailable(Unavailable):
+    """The database did not answer; nothing was written (the transaction rolled back)."""
+
+
+def _answering(operation: Callable[[Store], T], store: Store) -> T:
+    try:
+        return operation(store)
+    except sqlite3.OperationalError as error:
+        raise StoreUnavailable(f"the state database is unavailable: {error}") from None
+
+
 class StoreThread(WorkerPool):
     """Runs every store call on one dedicated thread: SQLite commits (an fsync each) never block the reactor."""
 
@@ -508,11 +520,12 @@ class StoreThread(WorkerPool):
         return self.run(self._opener).addCallback(opened)
 
     def call(self, operation: Callable[[Store], T]) -> Deferred[T]:
-        """Run ``operation(store)`` on the store thread."""
+        """Run ``operation(store)`` on the store thread; a database that cannot answer (locked past the
+        busy timeout, disk I/O errors) fails it with ``StoreUnavailable``, which the resources answer 503."""
         store = self._store
         if store is None:
             raise StoreError("the store is not open")
-        return self.run(operation, store)
+        return self.run(_answering, operation, store)
 
     def stopService(self) -> None:
         store, self._store = self._store, None

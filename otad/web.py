@@ -206,10 +206,26 @@ class OtadRequest(Request):
         super().process()
 
 
+# The one private Twisted hook otad overrides: HTTPChannel calls it for every request it cannot
+# parse (a bad request line or header, too many header bytes, a bad Content-Length). Twisted's
+# own answer has no body and no length; otad says why and closes. Twisted offers no public hook
+# for this, so tests.test_web.TwistedHookTests fails loudly if the name or its callers change.
+TWISTED_BAD_REQUEST_HOOK = "_respondToBadRequestAndDisconnect"
+
+
 class OtadChannel(http.HTTPChannel):
     """An HTTP channel that answers over-long request lines and headers instead of hanging up silently."""
 
     MAX_LENGTH = MAX_LINE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closing_after_refusal = False
+
+    def dataReceived(self, data: bytes) -> None:
+        # After a refusal the connection is closing: whatever else arrives is not parsed.
+        if not self._closing_after_refusal:
+            super().dataReceived(data)
 
     def _refuse_and_close(self, status: bytes, reason: bytes) -> None:
         body = reason + b"\n"
@@ -219,16 +235,17 @@ class OtadChannel(http.HTTPChannel):
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         log.info("refused a request: {reason}", reason=reason.decode(), outcome="refused")
+        self._closing_after_refusal = True
         self.loseConnection()
-        # Stop parsing whatever else this connection sends.
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_and_close(b"431 Request Header Fields Too Large", b"request line or header line too long")
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's own answer has no body, no length and keeps reading; say why and stop.
+    def _bad_request(self) -> None:
         self._refuse_and_close(b"400 Bad Request", b"malformed request or headers too large")
+
+
+setattr(OtadChannel, TWISTED_BAD_REQUEST_HOOK, OtadChannel._bad_request)
 
 
 _SAFE_PATH = re.compile(r"[^\x21-\x7e]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,3 +94,32 @@ class MemorySite:
         result: list[Any] = []
         self.store.call(lambda store: store.events()).addCallback(result.extend)
         return result
+
+
+def webclip(*, url: str, label: str, identifier: str, organization: str = "Example Inc.") -> dict[str, Any]:
+    """A valid com.apple.webClip.managed payload, as a template author would write it."""
+    return {
+        "PayloadType": "com.apple.webClip.managed",
+        "PayloadVersion": 1,
+        "PayloadIdentifier": identifier,
+        "PayloadUUID": str(uuid.uuid4()).upper(),
+        "PayloadDisplayName": label,
+        "PayloadOrganization": organization,
+        "URL": url,
+        "Label": label,
+        "IsRemovable": True,
+    }
+
+
+def device_binding(cert: Any) -> str | None:
+    """The UDID in the ``urn:x-otad:udid:`` URI of an otad device certificate, read independently of otad's code."""
+    from cryptography import x509
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith("urn:x-otad:udid:"):
+            return str(uri[len("urn:x-otad:udid:"):])
+    return None

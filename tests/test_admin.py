@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 from otad import admin, cms, payloads, tokens
 from otad.ca import serial_hex
 from otad.store import ChallengeRefused, Store
+from tests.helpers import webclip
 from tests.test_payloads import SEED_BROKEN
 
 UDID = "00008030-001A2B3C4D5E6F70"
@@ -61,12 +62,11 @@ def _profile() -> payloads.Payload:
         display_name="Test",
         description="A valid profile",
         content=[
-            payloads.webclip_payload(
+            webclip(
                 url="https://otad.example.com/",
                 label="otad",
                 identifier="com.example.otad.test.webclip",
                 organization="Example Inc.",
-                display_name="Web clip",
             )
         ],
     )

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial import unittest
 
 from otad import ca, files
-from tests.helpers import NOW
+from tests.helpers import NOW, device_binding
 
 DAY = datetime.timedelta(days=1)
 
@@ -343,7 +343,7 @@ class ClientCertificateTests(unittest.TestCase):
         self.assertEqual(cert.signature_hash_algorithm.name, "sha256")
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         self.assertEqual(list(eku), [ExtendedKeyUsageOID.CLIENT_AUTH])
-        self.assertEqual(ca.device_binding(cert), "UDID-1")
+        self.assertEqual(device_binding(cert), "UDID-1")
 
     def test_requested_names_dropped_or_copied(self) -> None:
         """Requested SANs are dropped by default; with copy_names they are kept, but a forged UDID URI never is."""
@@ -355,5 +355,5 @@ class ClientCertificateTests(unittest.TestCase):
         copied_cert = self.issue([requested], copy_names=True)
         copied = copied_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(copied.get_values_for_type(x509.DNSName), ["host.example"])
-        self.assertEqual(ca.device_binding(copied_cert), "UDID-1")
+        self.assertEqual(device_binding(copied_cert), "UDID-1")
         self.assertNotIn(ca.UDID_URI_PREFIX + "FORGED", copied.get_values_for_type(x509.UniformResourceIdentifier))

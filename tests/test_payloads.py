@@ -23,8 +23,8 @@ from otad.payloads import (
     serialize_payloads,
     validate,
     validate_payloads,
-    webclip_payload,
 )
+from tests.helpers import webclip
 
 # The developer's first phase-2 answer from seed 000, byte for byte: no top-level
 # PayloadUUID or PayloadIdentifier, PayloadContent given twice, and the PKCS#12 as <string>.
@@ -129,13 +129,7 @@ def _pkcs12() -> dict[str, Any]:
 
 
 def _webclip() -> dict[str, Any]:
-    return webclip_payload(
-        url="https://intranet.example.com/",
-        label="ACME Inc.",
-        identifier="com.example.otad.webclip",
-        organization="ACME Inc.",
-        display_name="ACME Inc.",
-    )
+    return webclip(url="https://intranet.example.com/", label="ACME Inc.", identifier="com.example.otad.webclip", organization="ACME Inc.")
 
 
 def _configuration(content: list[dict[str, Any]]) -> dict[str, Any]:
@@ -249,12 +243,8 @@ class PayloadsTests(TestCase):
         self.assertIs(profile["PayloadRemovalDisallowed"], True)
 
     def test_webclip(self) -> None:
-        """The web clip has Apple's managed type, URL, Label and IsRemovable."""
-        payload = _webclip()
-        self.assertEqual(payload["PayloadType"], "com.apple.webClip.managed")
-        self.assertEqual(payload["URL"], "https://intranet.example.com/")
-        self.assertEqual(payload["Label"], "ACME Inc.")
-        self.assertIs(payload["IsRemovable"], True)
+        """A web clip with Apple's managed type, URL, Label and IsRemovable passes the validator."""
+        self.assertEqual(validate_payloads([_webclip()]), [])
 
     def test_encrypted_configuration(self) -> None:
         """Encrypted content becomes EncryptedPayloadContent <data> and PayloadContent is absent."""

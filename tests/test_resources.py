@@ -134,3 +134,20 @@ class ResourceTests(unittest.TestCase):
         )
         self.assertEqual(code, 400)
         self.assertIn(b"Host", body)
+
+    def test_store_unavailable_is_503(self) -> None:
+        """When the database cannot take a write, /enroll answers 503 with Retry-After and a one-line reason, not a 500;
+        once it can, the next request succeeds."""
+        self.successResultOf(self.store.call(lambda store: store._db.execute("PRAGMA query_only = ON")))
+        code, headers, body = self.successResultOf(
+            ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"alice", b"correct horse")))
+        )
+        self.assertEqual(code, 503)
+        self.assertEqual(headers[b"retry-after"], [b"5"])
+        self.assertEqual(body.count(b"\n"), 1)
+        self.assertIn(b"the state database is unavailable", body)
+        self.successResultOf(self.store.call(lambda store: store._db.execute("PRAGMA query_only = OFF")))
+        code, _, _ = self.successResultOf(
+            ensureDeferred(self.fetch("GET", "https://otad.test/enroll", headers=_basic(b"alice", b"correct horse")))
+        )
+        self.assertEqual(code, 200)

@@ -29,7 +29,7 @@ from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from otad import config, tokens
-from otad.ca import Authority, Identity, device_binding, serial_hex
+from otad.ca import Authority, Identity, serial_hex
 from otad.cms import read_certs_only
 from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates
@@ -52,7 +52,7 @@ from tests.fakedevice import (
     sign_cms,
     verify_signed,
 )
-from tests.helpers import InlinePool, InlineStoreThread, authority
+from tests.helpers import InlinePool, InlineStoreThread, authority, device_binding
 
 DATA = Path(__file__).parent / "data" / "micromdm-scep"
 CAPTURE = DATA / "PKCSReq-macos.der"

@@ -110,3 +110,27 @@ class WebTests(unittest.TestCase):
             self.assertNotIn(b"secret detail", response)
             self.assertNotIn(b"Traceback", response)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+class TwistedHookTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.site = OtadSite(Resource(), max_body=100, reactor=Clock())
+
+    def test_bad_request_hook_still_exists_and_is_used(self) -> None:
+        """Twisted's HTTPChannel still defines the private hook otad overrides and still calls it for a bad request
+        line: if a Twisted upgrade renames or bypasses it, this fails instead of clients silently getting bare 400s."""
+        import inspect
+
+        from twisted.web import http
+
+        from otad import web
+
+        self.assertTrue(hasattr(http.HTTPChannel, web.TWISTED_BAD_REQUEST_HOOK))
+        self.assertIn(f"self.{web.TWISTED_BAD_REQUEST_HOOK}()", inspect.getsource(http.HTTPChannel.lineReceived))
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"NOT A REQUEST LINE\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertIn(b"malformed request", transport.value())
+        self.assertTrue(transport.disconnecting)
