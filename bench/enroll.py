@@ -56,7 +56,6 @@ STEPS = ("enroll", "phase2", "identity", "phase3", "total")
 # ------------------------------------------------------------------ measurements
 
 
-
 def megabytes(status_value: str) -> float:
     """'85432 kB' -> 83.4 (MiB)."""
     number, _, unit = status_value.partition(" ")
@@ -64,12 +63,9 @@ def megabytes(status_value: str) -> float:
     return int(number) / 1024
 
 
-
-
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
 
 
 class LagMonitor:
@@ -146,9 +142,7 @@ def save_apple(apple: FakeAppleHierarchy, folder: Path) -> None:
         key: rsa.RSAPrivateKey = getattr(apple, f"{name}_key")
         (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path = folder / f"{name}_key.pem"
-        key_path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         key_path.chmod(0o600)
     (folder / "anchors.pem").write_bytes(apple.anchors_pem())
 
@@ -221,9 +215,7 @@ async def enroll_one(device: FakeDevice, user: str, password: str, identity: str
 # ------------------------------------------------------------------ the run
 
 
-async def make_devices(
-    count: int, apple: FakeAppleHierarchy, base_url: str, ca_pem: bytes, identity: str, prefix: str
-) -> list[FakeDevice]:
+async def make_devices(count: int, apple: FakeAppleHierarchy, base_url: str, ca_pem: bytes, identity: str, prefix: str) -> list[FakeDevice]:
     """Devices with every key made up front (on the reactor's thread pool), so no client keygen is timed."""
 
     def keys(index: int) -> tuple[str, tuple[x509.Certificate, rsa.RSAPrivateKey], rsa.RSAPrivateKey | None]:
@@ -331,9 +323,7 @@ async def run(arguments: argparse.Namespace) -> int:
         # ---- every device and key, before the clock
         prefix = f"BENCH{os.getpid() % 0xFFFF:04X}{int(time.time()) % 0xFFFF:04X}"
         setup_started = time.perf_counter()
-        devices = await make_devices(
-            arguments.warmup + arguments.requests, apple, base_url, ca_pem, identity, prefix
-        )
+        devices = await make_devices(arguments.warmup + arguments.requests, apple, base_url, ca_pem, identity, prefix)
         setup = time.perf_counter() - setup_started
         warmup, timed = devices[: arguments.warmup], devices[arguments.warmup :]
 
@@ -354,9 +344,7 @@ async def run(arguments: argparse.Namespace) -> int:
         lag.start()
         probe = Probe(FakeDevice(global_reactor, base_url, ca_pem, apple, f"{prefix}PROBE", identity=devices[0].identity))
         probe.start()
-        outcomes, elapsed, timed_out = await run_all(
-            timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout
-        )
+        outcomes, elapsed, timed_out = await run_all(timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout)
         lag.stop()
         await probe.stop()
         threads_after = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
@@ -464,7 +452,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on the timed run after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (own daemon only)")
     parser.add_argument(
-        "--set", type=setting, action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="a config setting for the daemon this script starts, e.g. server.crypto_threads=4 (repeatable)",
     )
     external = parser.add_argument_group("an otad that is already running (all of --url, --ca, --password, --apple-dir)")
@@ -472,8 +464,10 @@ def main() -> None:
     external.add_argument("--ca", help="PEM file of its root CA (DATA_DIR/certs/ca.pem)")
     external.add_argument("--user", default="apple", help="user for /enroll (default apple)")
     external.add_argument("--password", help="that user's password")
-    external.add_argument("--apple-dir", help="fake Apple hierarchy (certificates and keys); created if missing; "
-                          "the server must run with --device-ca APPLE_DIR/anchors.pem")
+    external.add_argument(
+        "--apple-dir",
+        help="fake Apple hierarchy (certificates and keys); created if missing; the server must run with --device-ca APPLE_DIR/anchors.pem",
+    )
     external.add_argument("--pid", type=int, help="the server's PID, to report its memory and CPU")
     arguments = parser.parse_args()
     if arguments.requests < 1 or arguments.concurrency < 1 or arguments.warmup < 0 or arguments.timeout <= 0:

@@ -48,9 +48,6 @@ from tests.fakedevice import (  # noqa: E402
 SUBJECT = [[["O", "Bench"]], [["CN", "bench"]]]
 
 
-
-
-
 async def run(arguments: argparse.Namespace) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="otad-bench-scep-")) / "data"
     data_dir.mkdir()
@@ -72,9 +69,7 @@ async def run(arguments: argparse.Namespace) -> None:
         http = HTTPClient(agent)
 
         response = await http.get(f"{url}?operation=GetCACert")
-        recipient, ca_certs = select_scep_certs(
-            (response.headers.getRawHeaders(b"content-type") or [b""])[0], await response.content()
-        )
+        recipient, ca_certs = select_scep_certs((response.headers.getRawHeaders(b"content-type") or [b""])[0], await response.content())
         warmup = min(arguments.warmup, arguments.requests)
         total = warmup + arguments.requests
         token, digest = tokens.mint()
@@ -91,9 +86,7 @@ async def run(arguments: argparse.Namespace) -> None:
             built = []
             for index in range(total):
                 cert, key = identities[index % len(identities)]
-                request = build_pkcs_req(
-                    key, cert, recipient, subject=SUBJECT, challenge=token, transaction_id=f"BENCH-{index:06d}"
-                )
+                request = build_pkcs_req(key, cert, recipient, subject=SUBJECT, challenge=token, transaction_id=f"BENCH-{index:06d}")
                 built.append((request, key))
             return built
 
@@ -104,8 +97,10 @@ async def run(arguments: argparse.Namespace) -> None:
         async def one(request: PKIRequest, key: rsa.RSAPrivateKey, record: bool) -> None:
             started = time.perf_counter()
             answer = await http.post(
-                f"{url}?operation=PKIOperation", data=request.der,
-                headers=Headers({b"content-type": [CONTENT_TYPE_PKI_MESSAGE]}), timeout=120,
+                f"{url}?operation=PKIOperation",
+                data=request.der,
+                headers=Headers({b"content-type": [CONTENT_TYPE_PKI_MESSAGE]}),
+                timeout=120,
             )
             body = await answer.content()
             if answer.code != 200:

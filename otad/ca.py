@@ -90,9 +90,7 @@ def generate_key(bits: int = LEAF_KEY_SIZE) -> rsa.RSAPrivateKey:
 
 
 def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
@@ -143,9 +141,7 @@ def issue(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
     )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
@@ -309,9 +305,7 @@ def bootstrap(
             raise BootstrapError(f"{ca_cert_path} exists but its key {ca_key_path} does not; restore the key")
         leftovers = sorted(p.name for p in certs_dir.iterdir() if p.suffix in (".key", ".pem"))
         if leftovers:
-            raise BootstrapError(
-                f"{certs_dir} holds {', '.join(leftovers)} but no CA key; move them away to start afresh"
-            )
+            raise BootstrapError(f"{certs_dir} holds {', '.join(leftovers)} but no CA key; move them away to start afresh")
         write_atomically(ca_key_path, _key_pem(generate_key(ca_key_size)), 0o600)
         report(f"created a {ca_key_size}-bit CA key at {ca_key_path}")
     ca_key = _read_key(ca_key_path)
@@ -396,12 +390,12 @@ def maintain(
             continue
         cert = leaf.make(authority.root, identity.key, names, now)
         write_atomically(authority.certs_dir / f"{leaf.name}.pem", _cert_pem(cert), 0o644)
-        report(f"renewed {authority.certs_dir / f'{leaf.name}.pem'} (same key) because {reason}; now valid until "
-               f"{cert.not_valid_after_utc:%Y-%m-%d}")
+        report(
+            f"renewed {authority.certs_dir / f'{leaf.name}.pem'} (same key) because {reason}; now valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d}"
+        )
         current[leaf.name] = Identity(cert, identity.key, identity.chain)
-    renewed = Authority(
-        root=authority.root, tls=current["tls"], signer=current["signing"], ra=current["ra"], certs_dir=authority.certs_dir
-    )
+    renewed = Authority(root=authority.root, tls=current["tls"], signer=current["signing"], ra=current["ra"], certs_dir=authority.certs_dir)
     for name, identity, horizon in (
         ("root CA", authority.root, ROOT_WARN_BEFORE),
         *((leaf.name, current[leaf.name], WARN_BEFORE) for leaf in _LEAVES),

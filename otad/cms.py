@@ -228,10 +228,7 @@ def _matches(identifier: core.Choice, cert: asn1_x509.Certificate) -> bool:
     """Whether a SignerIdentifier or RecipientIdentifier names cert."""
     if identifier.name == "issuer_and_serial_number":
         wanted = identifier.chosen
-        return bool(
-            wanted["serial_number"].native == cert.serial_number
-            and wanted["issuer"] == cert.issuer
-        )
+        return bool(wanted["serial_number"].native == cert.serial_number and wanted["issuer"] == cert.issuer)
     if identifier.name == "subject_key_identifier":
         return bool(identifier.chosen.native == cert.key_identifier)
     return False
@@ -251,9 +248,7 @@ def _attribute_set(attributes: Sequence[tuple[str, bytes]]) -> bytes:
     with _malformed("signed attribute value is not DER"):
         # asn1crypto sorts a SET OF by encoding, as DER wants: OpenSSL re-encodes before
         # verifying, so an unsorted set would not verify there.
-        return bytes(
-            RawAttributes([{"type": oid, "values": [core.Any.load(value, strict=True)]} for oid, value in attributes]).dump()
-        )
+        return bytes(RawAttributes([{"type": oid, "values": [core.Any.load(value, strict=True)]} for oid, value in attributes]).dump())
 
 
 def _read_attributes(attribute_set: bytes) -> dict[str, tuple[bytes, ...]]:
@@ -300,15 +295,10 @@ def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
 
 
 def _certificate_set(certs: Sequence[x509.Certificate]) -> list[cms.CertificateChoices]:
-    return [
-        cms.CertificateChoices(name="certificate", value=_asn1_cert(cert))
-        for cert in _unique(certs)
-    ]
+    return [cms.CertificateChoices(name="certificate", value=_asn1_cert(cert)) for cert in _unique(certs)]
 
 
-def sign_profile(
-    content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey, chain: Sequence[x509.Certificate] = ()
-) -> bytes:
+def sign_profile(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey, chain: Sequence[x509.Certificate] = ()) -> bytes:
     """Sign a profile, embedding it: SHA-256 with contentType, messageDigest and signingTime signed.
 
     ``Binary`` keeps the plist's bytes as they are (no MIME line-ending canonicalisation).
@@ -354,14 +344,10 @@ def sign(
         "version": "v1",
         "sid": cms.SignerIdentifier(
             name="issuer_and_serial_number",
-            value=cms.IssuerAndSerialNumber(
-                {"issuer": signer.issuer, "serial_number": signer.serial_number}
-            ),
+            value=cms.IssuerAndSerialNumber({"issuer": signer.issuer, "serial_number": signer.serial_number}),
         ),
         "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest_oid}),
-        "signature_algorithm": algos.SignedDigestAlgorithm(
-            {"algorithm": signature_oid, "parameters": core.Null()}
-        ),
+        "signature_algorithm": algos.SignedDigestAlgorithm({"algorithm": signature_oid, "parameters": core.Null()}),
     }
     if signed_attributes:
         standard = [
@@ -384,9 +370,7 @@ def sign(
             "signer_infos": [cms.SignerInfo(signer_info)],
         }
     )
-    return bytes(
-        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
-    )
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
 
 
 def _digest_of(content: bytes, digest: str) -> bytes:
@@ -414,9 +398,7 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
         raise CMSError("expected exactly one signer")
     signer_info = signer_infos[0]
     carried = _carried_certificates(signed_data)
-    signer = next(
-        (cert for asn1, cert in carried if _matches(signer_info["sid"], asn1)), None
-    )
+    signer = next((cert for asn1, cert in carried if _matches(signer_info["sid"], asn1)), None)
     if signer is None:
         raise CMSError("signer certificate not included")
 
@@ -441,23 +423,17 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
         signed = bytes(signed_attrs.untag().dump())
         attributes = _read_attributes(signed)
         content_type = _single(attributes, _CONTENT_TYPE, "contentType")
-        if core.ObjectIdentifier.load(content_type, strict=True).dotted != (
-            encapsulated["content_type"].dotted
-        ):
+        if core.ObjectIdentifier.load(content_type, strict=True).dotted != (encapsulated["content_type"].dotted):
             raise SignatureInvalid("contentType attribute does not match the content")
         message_digest = _single(attributes, _MESSAGE_DIGEST, "messageDigest")
-        if core.OctetString.load(message_digest, strict=True).native != _digest_of(
-            content, digest
-        ):
+        if core.OctetString.load(message_digest, strict=True).native != _digest_of(content, digest):
             raise SignatureInvalid("message digest does not match the content")
 
     public_key = signer.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise CMSError("unsupported signer key type")
     try:
-        public_key.verify(
-            signer_info["signature"].native, signed, padding.PKCS1v15(), _hash(digest)
-        )
+        public_key.verify(signer_info["signature"].native, signed, padding.PKCS1v15(), _hash(digest))
     except (InvalidSignature, ValueError):
         raise SignatureInvalid("signature does not verify") from None
     return Verified(
@@ -490,13 +466,9 @@ def _recipient_info(cert: x509.Certificate, content_key: bytes) -> cms.Recipient
                 "version": "v0",
                 "rid": cms.RecipientIdentifier(
                     name="issuer_and_serial_number",
-                    value=cms.IssuerAndSerialNumber(
-                        {"issuer": asn1.issuer, "serial_number": asn1.serial_number}
-                    ),
+                    value=cms.IssuerAndSerialNumber({"issuer": asn1.issuer, "serial_number": asn1.serial_number}),
                 ),
-                "key_encryption_algorithm": cms.KeyEncryptionAlgorithm(
-                    {"algorithm": _RSA_ENCRYPTION, "parameters": core.Null()}
-                ),
+                "key_encryption_algorithm": cms.KeyEncryptionAlgorithm({"algorithm": _RSA_ENCRYPTION, "parameters": core.Null()}),
                 "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
             }
         ),
@@ -509,9 +481,7 @@ _LIBRARY_CIPHERS: dict[str, type[algorithms.AES128] | type[algorithms.AES256]] =
 }
 
 
-def encrypt(
-    content: bytes, recipients: Sequence[x509.Certificate], cipher: str = "aes256"
-) -> bytes:
+def encrypt(content: bytes, recipients: Sequence[x509.Certificate], cipher: str = "aes256") -> bytes:
     """Encrypt content to each RSA recipient and return the DER ContentInfo(EnvelopedData).
 
     The content key and IV are fresh for every call; single DES is refused. AES-128 and
@@ -540,21 +510,15 @@ def encrypt(
     enveloped = cms.EnvelopedData(
         {
             "version": "v0",
-            "recipient_infos": [
-                _recipient_info(cert, content_key) for cert in recipients
-            ],
+            "recipient_infos": [_recipient_info(cert, content_key) for cert in recipients],
             "encrypted_content_info": {
                 "content_type": "data",
-                "content_encryption_algorithm": algos.EncryptionAlgorithm(
-                    {"algorithm": spec.oid, "parameters": core.OctetString(iv)}
-                ),
+                "content_encryption_algorithm": algos.EncryptionAlgorithm({"algorithm": spec.oid, "parameters": core.OctetString(iv)}),
                 "encrypted_content": ciphertext,
             },
         }
     )
-    return bytes(
-        cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
-    )
+    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
 
 
 def decrypt(der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Decrypted:
@@ -567,11 +531,7 @@ def decrypt(der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Decry
     own = _asn1_cert(cert)
     with _malformed("malformed EnvelopedData"):
         recipient = next(
-            (
-                info.chosen
-                for info in enveloped["recipient_infos"]
-                if info.name == "ktri" and _matches(info.chosen["rid"], own)
-            ),
+            (info.chosen for info in enveloped["recipient_infos"] if info.name == "ktri" and _matches(info.chosen["rid"], own)),
             None,
         )
         if recipient is None:
@@ -645,9 +605,7 @@ def _decrypt_content(
         # then fails where a bad CBC padding fails, with the same error.
         content_key = os.urandom(spec.key_size)
     try:
-        decryptor = Cipher(
-            _block_cipher(cipher, content_key), modes.CBC(iv)
-        ).decryptor()
+        decryptor = Cipher(_block_cipher(cipher, content_key), modes.CBC(iv)).decryptor()
         padded = decryptor.update(ciphertext) + decryptor.finalize()
         unpadder = PKCS7(spec.block_size * 8).unpadder()
         return unpadder.update(padded) + unpadder.finalize()

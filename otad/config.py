@@ -220,9 +220,7 @@ class Config:
     realm: str = _setting("enrollment", "realm", _realm, "otad")
     identifier: str = _setting("enrollment", "identifier", _identifier, "com.example.otad")
     display_name: str = _setting("enrollment", "display_name", _nonempty, "Example Inc. Profile Service")
-    description: str = _setting(
-        "enrollment", "description", _nonempty, "Install this profile to enroll this device with Example Inc."
-    )
+    description: str = _setting("enrollment", "description", _nonempty, "Install this profile to enroll this device with Example Inc.")
     device_attributes: tuple[str, ...] = _setting("enrollment", "device_attributes", _words, "UDID VERSION PRODUCT SERIAL IMEI MEID")
     challenge_ttl: int = _setting("enrollment", "challenge_ttl", parse_duration, "15m")
     scep_subject: str = _setting("enrollment", "scep_subject", _subject_template, "O=$ORGANIZATION/CN=$UDID")
@@ -279,7 +277,11 @@ def settings_schema() -> dict[str, dict[str, Setting]]:
 
 # Command-line flags, by the Config field they set.
 _FLAGS = {
-    "listen": "--listen", "data_dir": "--data-dir", "hostname": "--hostname", "htpasswd": "--htpasswd", "device_anchors": "--device-ca",
+    "listen": "--listen",
+    "data_dir": "--data-dir",
+    "hostname": "--hostname",
+    "htpasswd": "--htpasswd",
+    "device_anchors": "--device-ca",
 }
 
 
@@ -317,8 +319,9 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
     ``device_ca`` for ``device_anchors``); a value of None (or empty) means "not given on the command line".
     """
     parser = _read_ini(path) if path is not None else None
-    given = {("device_anchors" if key == "device_ca" else key): value for key, value in (overrides or {}).items()
-             if value not in (None, (), [])}
+    given = {
+        ("device_anchors" if key == "device_ca" else key): value for key, value in (overrides or {}).items() if value not in (None, (), [])
+    }
     for name in given:
         if name not in _FLAGS:
             raise ConfigError(f"unknown override {name}")

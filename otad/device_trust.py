@@ -95,17 +95,9 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         key = issuer.public_key()
         algorithm = cert.signature_hash_algorithm
         parameters = cert.signature_algorithm_parameters
-        if (
-            isinstance(key, rsa.RSAPublicKey)
-            and isinstance(parameters, (padding.PKCS1v15, padding.PSS))
-            and algorithm is not None
-        ):
-            key.verify(
-                cert.signature, cert.tbs_certificate_bytes, parameters, algorithm
-            )
-        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
-            parameters, ec.ECDSA
-        ):
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(parameters, (padding.PKCS1v15, padding.PSS)) and algorithm is not None:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters, algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
             key.verify(cert.signature, cert.tbs_certificate_bytes, parameters)
         else:
             return False
@@ -114,9 +106,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _issuer_problem(
-    issuer: x509.Certificate, below: int, is_anchor: bool
-) -> str | None:
+def _issuer_problem(issuer: x509.Certificate, below: int, is_anchor: bool) -> str | None:
     """Whether issuer may issue a certificate with `below` intermediates under it."""
     constraints = _extension(issuer, x509.BasicConstraints)
     if constraints is None:
@@ -218,9 +208,6 @@ def verify_chain(
             raise UntrustedDevice(search.problems[0])
         raise UntrustedDevice("signer does not chain to a trusted anchor")
     return path
-
-
-
 
 
 class AnchorsError(ValueError):

@@ -142,8 +142,7 @@ class Enrollment:
         log.info("refused phase {phase}: {reason}", phase=phase, udid=refused.udid, outcome=outcome, reason=refused.reason)
         try:
             await self._store.call(
-                lambda store: store.record_event(now=now, kind=f"phase {phase}", outcome=outcome, udid=refused.udid,
-                                                 reason=refused.reason)
+                lambda store: store.record_event(now=now, kind=f"phase {phase}", outcome=outcome, udid=refused.udid, reason=refused.reason)
             )
         except Refused as unrecorded:
             # The store itself is down: the refusal still goes out, and the log has it.
@@ -268,8 +267,15 @@ class Enrollment:
             serial = x509.random_serial_number()
             cert = await self._crypto.run(
                 lambda serial=serial: issue_client_certificate(
-                    self._authority.root, key.public_key(), subject, x509.Extensions([]),
-                    udid=udid, serial=serial, now=issued_at, lifetime=lifetime, allowed_usage=config.allowed_key_usage,
+                    self._authority.root,
+                    key.public_key(),
+                    subject,
+                    x509.Extensions([]),
+                    udid=udid,
+                    serial=serial,
+                    now=issued_at,
+                    lifetime=lifetime,
+                    allowed_usage=config.allowed_key_usage,
                 )
             )
 
@@ -278,13 +284,23 @@ class Enrollment:
                     phase1 = store.consume_challenge(tokens.digest(challenge), ("enroll",), now=now)
                     store.record_device(udid, phase1.bound_to, attributes, now=now)
                     store.add_certificate(
-                        serial=serial_hex(cert.serial_number), udid=udid, subject=cert.subject.rfc4514_string(),
-                        not_before=cert.not_valid_before_utc.timestamp(), not_after=cert.not_valid_after_utc.timestamp(),
-                        der=cert.public_bytes(serialization.Encoding.DER), csr=None, challenge_id=phase1.id,
-                        transaction_id=None, now=now,
+                        serial=serial_hex(cert.serial_number),
+                        udid=udid,
+                        subject=cert.subject.rfc4514_string(),
+                        not_before=cert.not_valid_before_utc.timestamp(),
+                        not_after=cert.not_valid_after_utc.timestamp(),
+                        der=cert.public_bytes(serialization.Encoding.DER),
+                        csr=None,
+                        challenge_id=phase1.id,
+                        transaction_id=None,
+                        now=now,
                     )
                     store.record_event(
-                        now=now, kind="phase 2", outcome="pkcs12 identity sent", user=phase1.bound_to, udid=udid,
+                        now=now,
+                        kind="phase 2",
+                        outcome="pkcs12 identity sent",
+                        user=phase1.bound_to,
+                        udid=udid,
                         serial=serial_hex(cert.serial_number),
                     )
 
@@ -369,11 +385,7 @@ class Enrollment:
         # The validator runs here: otad refuses to serve a payload array a device would reject.
         content = payloads.serialize_payloads(templates.render(template, values))
         envelope = await self._crypto.run(cms.encrypt, content, [signer], "aes256")
-        expiration = (
-            datetime.datetime.fromtimestamp(now + config.profile_expiration, datetime.UTC)
-            if config.profile_expiration
-            else None
-        )
+        expiration = datetime.datetime.fromtimestamp(now + config.profile_expiration, datetime.UTC) if config.profile_expiration else None
         identifier = f"{config.identifier}.configuration"
         profile = payloads.configuration_profile(
             identifier=identifier,
@@ -397,12 +409,20 @@ class Enrollment:
                     store.add_challenge(digest, "scep", udid, now=now, ttl=config.scep_challenge_ttl)
                 store.record_device(udid, user, known, now=now)
                 store.record_delivery(serial=serial, udid=udid, profile_identifier=identifier, template=template.name, now=now)
-                store.record_event(now=now, kind="phase 3", outcome="configuration sent", user=user, udid=udid, serial=serial,
-                                   reason=f"template {template.name}")
+                store.record_event(
+                    now=now,
+                    kind="phase 3",
+                    outcome="configuration sent",
+                    user=user,
+                    udid=udid,
+                    serial=serial,
+                    reason=f"template {template.name}",
+                )
                 return True
 
         if not await self._store.call(commit):
             raise RepeatRedirect("/enroll")
-        log.info("phase 3: sent {template} to {udid}", template=template.name, udid=udid, serial=serial, phase=3,
-                 outcome="configuration sent")
+        log.info(
+            "phase 3: sent {template} to {udid}", template=template.name, udid=udid, serial=serial, phase=3, outcome="configuration sent"
+        )
         return await self.sign(body)

@@ -37,9 +37,7 @@ def check_writer(directory: Path) -> None:
         return
     euid = os.geteuid()
     if euid not in (0, owner):
-        raise OwnershipError(
-            f"{directory} belongs to {owner_name(owner)}; run as that user (for example sudo -u '#{owner}') or as root"
-        )
+        raise OwnershipError(f"{directory} belongs to {owner_name(owner)}; run as that user (for example sudo -u '#{owner}') or as root")
 
 
 def _ownership(path: Path) -> tuple[int, int, int | None]:

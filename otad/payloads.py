@@ -245,22 +245,16 @@ class _Validator:
                     stack.append((value[index], f"{here}[{index}]"))
             elif isinstance(value, str):
                 if _XML_UNSAFE.search(value):
-                    self.error(
-                        here, "control characters cannot appear in <string>; use <data>"
-                    )
+                    self.error(here, "control characters cannot appear in <string>; use <data>")
             elif isinstance(value, bool):
                 pass
             elif isinstance(value, int):
                 if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-                    self.error(
-                        here, "integer out of the 64-bit range of a property list"
-                    )
+                    self.error(here, "integer out of the 64-bit range of a property list")
             elif isinstance(value, datetime):
                 offset = value.utcoffset()
                 if offset is not None and offset != timedelta(0):
-                    self.error(
-                        here, "<date> must be UTC (plist dates carry no time zone)"
-                    )
+                    self.error(here, "<date> must be UTC (plist dates carry no time zone)")
             elif not isinstance(value, (bytes, bytearray, float)):
                 self.error(here, f"{type(value).__name__} is not a property-list value")
 
@@ -302,9 +296,7 @@ class _Validator:
         if not isinstance(payload_type, str):
             return
         if not top and payload_type in _TOP_LEVEL_TYPES:
-            self.error(
-                _join(path, "PayloadType"), f"a {payload_type} payload cannot be nested"
-            )
+            self.error(_join(path, "PayloadType"), f"a {payload_type} payload cannot be nested")
             return
         type_keys = TYPE_KEYS.get(payload_type)
         if type_keys is None:
@@ -323,9 +315,7 @@ class _Validator:
         if payload_type == "Configuration":
             self.configuration(payload, path)
         elif payload_type == "Profile Service":
-            self.profile_service(
-                payload.get("PayloadContent"), _join(path, "PayloadContent")
-            )
+            self.profile_service(payload.get("PayloadContent"), _join(path, "PayloadContent"))
         elif payload_type == "com.apple.security.scep" and "PayloadContent" in payload:
             self.scep(payload["PayloadContent"], _join(path, "PayloadContent"))
 
@@ -340,29 +330,19 @@ class _Validator:
         if isinstance(payload_uuid, str):
             here = _join(path, "PayloadUUID")
             if not _UUID_FORM.match(payload_uuid):
-                self.warning(
-                    here, "not in UUID form (XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)"
-                )
+                self.warning(here, "not in UUID form (XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)")
             seen = self._uuids.setdefault(payload_uuid.upper(), here)
             if seen != here:
                 self.error(here, f"duplicate PayloadUUID (also at {seen})")
 
-    def keys(
-        self, mapping: dict[Any, Any], path: str, known: dict[str, str], what: str
-    ) -> None:
+    def keys(self, mapping: dict[Any, Any], path: str, known: dict[str, str], what: str) -> None:
         self.misspellings(mapping, path, known)
         spellings = {_normalise_key(k) for k in known}
         for key in mapping:
-            if (
-                isinstance(key, str)
-                and key not in known
-                and _normalise_key(key) not in spellings
-            ):
+            if isinstance(key, str) and key not in known and _normalise_key(key) not in spellings:
                 self.warning(_join(path, key), f"unknown key for {what}")
 
-    def misspellings(
-        self, mapping: dict[Any, Any], path: str, known: dict[str, str]
-    ) -> None:
+    def misspellings(self, mapping: dict[Any, Any], path: str, known: dict[str, str]) -> None:
         by_spelling = {_normalise_key(k): k for k in known}
         for key in mapping:
             if not isinstance(key, str) or key in known:
@@ -392,9 +372,7 @@ class _Validator:
                     if isinstance(item, dict):
                         self.payload(item, f"{here}[{index}]", top=False)
                     else:
-                        self.error(
-                            f"{here}[{index}]", f"must be <dict>, not {_kind_of(item)}"
-                        )
+                        self.error(f"{here}[{index}]", f"must be <dict>, not {_kind_of(item)}")
 
     def profile_service(self, content: object, path: str) -> None:
         if content is None:
@@ -410,14 +388,10 @@ class _Validator:
         elif self.expect(url, "string", _join(path, "URL")):
             assert isinstance(url, str)
             scheme = url.split(":", 1)[0].lower()
-            if scheme not in ("https", "http") or not url[len(scheme) :].startswith(
-                "://"
-            ):
+            if scheme not in ("https", "http") or not url[len(scheme) :].startswith("://"):
                 self.error(_join(path, "URL"), "must be an https:// URL")
             elif scheme == "http":
-                self.warning(
-                    _join(path, "URL"), "plain http exposes the device attributes"
-                )
+                self.warning(_join(path, "URL"), "plain http exposes the device attributes")
         attributes = content.get("DeviceAttributes")
         here = _join(path, "DeviceAttributes")
         if attributes is None:
@@ -478,15 +452,9 @@ class _Validator:
                 continue
             assert isinstance(rdn, (list, tuple))
             if not rdn:
-                self.error(
-                    here, "empty name component; each needs an [attribute, value] pair"
-                )
+                self.error(here, "empty name component; each needs an [attribute, value] pair")
             for j, pair in enumerate(rdn):
-                if not (
-                    isinstance(pair, (list, tuple))
-                    and len(pair) == 2
-                    and all(isinstance(part, str) for part in pair)
-                ):
+                if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
                     self.error(
                         f"{here}[{j}]",
                         "must be an <array> of two <string>s: attribute, value",
@@ -772,9 +740,7 @@ def _unescape(text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         char = match.group(1)
         if char not in "/+=\\":
-            raise ValueError(
-                f"unknown escape \\{char} in subject (escape only / + = \\)"
-            )
+            raise ValueError(f"unknown escape \\{char} in subject (escape only / + = \\)")
         return char
 
     return re.sub(r"\\(.)", replace, text, flags=re.DOTALL)
@@ -799,16 +765,11 @@ def parse_subject(template: str) -> list[list[list[str]]]:
         for attribute in _split_unescaped(component, "+"):
             pieces = _split_unescaped(attribute, "=")
             if len(pieces) < 2:
-                raise ValueError(
-                    f"{_unescape(attribute)!r} in subject is not ATTRIBUTE=value"
-                )
+                raise ValueError(f"{_unescape(attribute)!r} in subject is not ATTRIBUTE=value")
             name = _unescape(pieces[0]).strip()
             value = _unescape("=".join(pieces[1:])).strip()
             if name not in SUBJECT_ATTRIBUTES and not _OID_FORM.match(name):
-                raise ValueError(
-                    f"unknown subject attribute {name!r}: use one of "
-                    f"{', '.join(SUBJECT_ATTRIBUTES)} or a dotted OID"
-                )
+                raise ValueError(f"unknown subject attribute {name!r}: use one of {', '.join(SUBJECT_ATTRIBUTES)} or a dotted OID")
             if not value:
                 raise ValueError(f"empty value for {name} in subject")
             rdn.append([name, value])

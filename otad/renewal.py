@@ -99,5 +99,8 @@ class CertificateKeeper(Service):
                 log.info("serving the new TLS certificate in {path}", path=str(operator.listener.files["certKey"]))
             operator.server.use(key, chain)
             for problem in tls_server_problems(chain[0], self._hostname, now):
-                log.warn("the TLS certificate {path} will be refused by Apple devices: {problem}",
-                         path=str(operator.listener.files["certKey"]), problem=problem)
+                log.warn(
+                    "the TLS certificate {path} will be refused by Apple devices: {problem}",
+                    path=str(operator.listener.files["certKey"]),
+                    problem=problem,
+                )

@@ -212,24 +212,16 @@ def parse_pki_message(der: bytes) -> PKIMessage:
     except cms.CMSError as exc:
         raise SCEPError(str(exc), FailInfo.badMessageCheck) from None
     attributes = verified.attributes
-    message_type = _string(
-        _value(attributes, _MESSAGE_TYPE, "messageType"), "messageType"
-    )
-    if not (
-        message_type.isascii() and message_type.isdigit() and len(message_type) <= 4
-    ):
+    message_type = _string(_value(attributes, _MESSAGE_TYPE, "messageType"), "messageType")
+    if not (message_type.isascii() and message_type.isdigit() and len(message_type) <= 4):
         raise SCEPError("messageType is not a decimal number")
-    transaction_id = _string(
-        _value(attributes, _TRANSACTION_ID, "transactionID"), "transactionID"
-    )
+    transaction_id = _string(_value(attributes, _TRANSACTION_ID, "transactionID"), "transactionID")
     if not transaction_id or len(transaction_id) > _MAX_TRANSACTION_ID:
         raise SCEPError("transactionID is empty or too long")
     # The CertRep echoes it as a PrintableString.
     if not (transaction_id.isascii() and transaction_id.isprintable()):
         raise SCEPError("transactionID is not printable ASCII")
-    sender_nonce = _octets(
-        _value(attributes, _SENDER_NONCE, "senderNonce"), "senderNonce"
-    )
+    sender_nonce = _octets(_value(attributes, _SENDER_NONCE, "senderNonce"), "senderNonce")
     if len(sender_nonce) not in _NONCE_SIZES:
         raise SCEPError("senderNonce has a bad length")
     return PKIMessage(
@@ -243,9 +235,7 @@ def parse_pki_message(der: bytes) -> PKIMessage:
     )
 
 
-def open_envelope(
-    msg: PKIMessage, cert: x509.Certificate, key: rsa.RSAPrivateKey
-) -> cms.Decrypted:
+def open_envelope(msg: PKIMessage, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> cms.Decrypted:
     """Decrypt the request's pkcsPKIEnvelope with the CA's (or RA's) cert and key."""
     try:
         return cms.decrypt(msg.envelope, cert, key)
@@ -271,33 +261,23 @@ def _as_v1(der: bytes, version: int) -> bytes:
     return der[:start] + b"\x02\x01\x00" + der[start + 3 :]
 
 
-def _verify_csr_signature(
-    public_key: PublicKeyTypes, csr: x509.CertificateSigningRequest, signed: bytes
-) -> None:
+def _verify_csr_signature(public_key: PublicKeyTypes, csr: x509.CertificateSigningRequest, signed: bytes) -> None:
     try:
         algorithm = csr.signature_hash_algorithm
         parameters = csr.signature_algorithm_parameters
     except UnsupportedAlgorithm:
-        raise SCEPError(
-            "unsupported CSR signature algorithm", FailInfo.badAlg
-        ) from None
+        raise SCEPError("unsupported CSR signature algorithm", FailInfo.badAlg) from None
     if not isinstance(algorithm, _CSR_HASHES):
         raise SCEPError("unsupported CSR signature algorithm", FailInfo.badAlg)
     try:
-        if isinstance(public_key, rsa.RSAPublicKey) and isinstance(
-            parameters, padding.PKCS1v15
-        ):
+        if isinstance(public_key, rsa.RSAPublicKey) and isinstance(parameters, padding.PKCS1v15):
             public_key.verify(csr.signature, signed, parameters, algorithm)
-        elif isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
-            parameters, ec.ECDSA
-        ):
+        elif isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
             public_key.verify(csr.signature, signed, parameters)
         else:
             raise SCEPError("unsupported CSR signature algorithm", FailInfo.badAlg)
     except InvalidSignature:
-        raise SCEPError(
-            "CSR signature does not verify", FailInfo.badMessageCheck
-        ) from None
+        raise SCEPError("CSR signature does not verify", FailInfo.badMessageCheck) from None
 
 
 def _challenge(attributes: cms.RawAttributes) -> str | None:
@@ -352,9 +332,7 @@ def _x509_name(name: _Name) -> x509.Name:
             value = core.load(pair["value"].dump(), strict=True)
             if not isinstance(value, _STRING_TYPES + (core.VisibleString,)):
                 raise SCEPError("unsupported name attribute")
-            attributes.append(
-                x509.NameAttribute(ObjectIdentifier(pair["type"].dotted), value.native)
-            )
+            attributes.append(x509.NameAttribute(ObjectIdentifier(pair["type"].dotted), value.native))
         relative_names.append(x509.RelativeDistinguishedName(attributes))
     return x509.Name(relative_names)
 
@@ -410,9 +388,7 @@ def build_cert_rep(
         (_RECIPIENT_NONCE, core.OctetString(request.sender_nonce).dump()),
     ]
     if fail_info is not None:
-        attributes.append(
-            (_FAIL_INFO, core.PrintableString(str(int(FailInfo(fail_info)))).dump())
-        )
+        attributes.append((_FAIL_INFO, core.PrintableString(str(int(FailInfo(fail_info)))).dump()))
     content = b""
     if status is PKIStatus.SUCCESS:
         try:

@@ -116,7 +116,10 @@ class SCEPResponder:
         responder = self._responder
         try:
             if message.message_type not in (
-                scep.MessageType.PKCSReq, scep.MessageType.RenewalReq, scep.MessageType.CertPoll, scep.MessageType.GetCert
+                scep.MessageType.PKCSReq,
+                scep.MessageType.RenewalReq,
+                scep.MessageType.CertPoll,
+                scep.MessageType.GetCert,
             ):
                 raise _Failure(scep.FailInfo.badRequest, f"unsupported messageType {message.message_type}")
             opened, responder = await self._open(message)
@@ -155,16 +158,21 @@ class SCEPResponder:
                 opened = await self._crypto.run(scep.open_envelope, message, identity.cert, identity.key)
             except (cms.CMSError, scep.SCEPError):
                 continue
-            log.info("SCEP envelope cipher {cipher}, to the {who}", cipher=opened.cipher, transaction=message.transaction_id,
-                     who="CA" if identity is self._authority.root else "RA")
+            log.info(
+                "SCEP envelope cipher {cipher}, to the {who}",
+                cipher=opened.cipher,
+                transaction=message.transaction_id,
+                who="CA" if identity is self._authority.root else "RA",
+            )
             return opened, identity
         raise _Failure(scep.FailInfo.badMessageCheck, "cannot decrypt the request's envelope")
 
     def _now(self) -> float:
         return self._clock.seconds()
 
-    async def _event(self, outcome: str, *, transaction: str | None = None, udid: str | None = None,
-                     serial: str | None = None, reason: str | None = None) -> None:
+    async def _event(
+        self, outcome: str, *, transaction: str | None = None, udid: str | None = None, serial: str | None = None, reason: str | None = None
+    ) -> None:
         now = self._now()
         detail = f"transaction {transaction}: {reason}" if transaction else reason
         await self._store.call(
@@ -225,8 +233,12 @@ class SCEPResponder:
             with store.transaction():
                 challenge = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now)
                 store.hold_request(
-                    transaction_id=message.transaction_id, udid=udid, subject=csr.subject.rfc4514_string(),
-                    csr=csr.der, challenge_id=challenge.id, now=now,
+                    transaction_id=message.transaction_id,
+                    udid=udid,
+                    subject=csr.subject.rfc4514_string(),
+                    csr=csr.der,
+                    challenge_id=challenge.id,
+                    now=now,
                 )
                 store.record_event(now=now, kind="scep", outcome="held", udid=udid, reason=f"transaction {message.transaction_id}")
 
@@ -271,14 +283,32 @@ class SCEPResponder:
             serial = x509.random_serial_number()
             cert = await self._crypto.run(
                 lambda serial=serial: issue_client_certificate(
-                    self._authority.root, public_key, csr.subject, csr.extensions,
-                    udid=udid, serial=serial, now=issued_at, lifetime=lifetime,
-                    allowed_usage=self._config.allowed_key_usage, copy_names=self._config.copy_subject_alt_names,
+                    self._authority.root,
+                    public_key,
+                    csr.subject,
+                    csr.extensions,
+                    udid=udid,
+                    serial=serial,
+                    now=issued_at,
+                    lifetime=lifetime,
+                    allowed_usage=self._config.allowed_key_usage,
+                    copy_names=self._config.copy_subject_alt_names,
                 )
             )
             try:
-                await self._store.call(partial(self._record, cert=cert, csr=csr.der, digest=digest, udid=udid,
-                                               message=message, now=now, renewing=renewing, held=held))
+                await self._store.call(
+                    partial(
+                        self._record,
+                        cert=cert,
+                        csr=csr.der,
+                        digest=digest,
+                        udid=udid,
+                        message=message,
+                        now=now,
+                        renewing=renewing,
+                        held=held,
+                    )
+                )
             except DuplicateSerial:
                 continue
             except ChallengeRefused as error:
@@ -286,16 +316,27 @@ class SCEPResponder:
                 raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
             log.info(
                 "issued certificate {serial} for {udid} ({kind}, request cipher {cipher})",
-                serial=serial_hex(serial), udid=udid, kind="renewal" if renewing else "enrollment",
-                cipher=cipher, outcome="issued",
+                serial=serial_hex(serial),
+                udid=udid,
+                kind="renewal" if renewing else "enrollment",
+                cipher=cipher,
+                outcome="issued",
             )
             return _Decision(scep.PKIStatus.SUCCESS, issued=(cert,))
         raise _Failure(scep.FailInfo.badRequest, "could not draw an unused serial number")
 
     @staticmethod
     def _record(
-        store: Store, *, cert: x509.Certificate, csr: bytes, digest: bytes | None, udid: str | None,
-        message: scep.PKIMessage, now: float, renewing: CertificateRecord | None, held: HeldRequest | None,
+        store: Store,
+        *,
+        cert: x509.Certificate,
+        csr: bytes,
+        digest: bytes | None,
+        udid: str | None,
+        message: scep.PKIMessage,
+        now: float,
+        renewing: CertificateRecord | None,
+        held: HeldRequest | None,
     ) -> None:
         """Use the challenge and record the certificate in one transaction (runs on the store thread)."""
         with store.transaction():
@@ -318,7 +359,11 @@ class SCEPResponder:
             if held is not None:
                 store.mark_issued(held.transaction_id, serial)
             store.record_event(
-                now=now, kind="scep", outcome="issued", udid=udid, serial=serial,
+                now=now,
+                kind="scep",
+                outcome="issued",
+                udid=udid,
+                serial=serial,
                 reason=f"renewal of {renewing.serial}" if renewing else f"transaction {message.transaction_id}",
             )
 

@@ -88,9 +88,7 @@ class CertificateRecord:
     revocation_reason: str | None
 
 
-_CERTIFICATE_COLUMNS = (
-    "serial, udid, subject, not_before, not_after, der, challenge_id, transaction_id, issued, revoked, revocation_reason"
-)
+_CERTIFICATE_COLUMNS = "serial, udid, subject, not_before, not_after, der, challenge_id, transaction_id, issued, revoked, revocation_reason"
 
 
 @dataclass(frozen=True)
@@ -262,9 +260,7 @@ class Store:
 
     # -- challenges ------------------------------------------------------------------------
 
-    def add_challenge(
-        self, digest: bytes, kind: str, bound_to: str | None, *, now: float, ttl: float, uses: int = 1
-    ) -> int:
+    def add_challenge(self, digest: bytes, kind: str, bound_to: str | None, *, now: float, ttl: float, uses: int = 1) -> int:
         """Store a challenge by its digest; returns its id."""
         if kind not in CHALLENGE_KINDS:
             raise ValueError(f"unknown challenge kind {kind!r}")
@@ -308,9 +304,7 @@ class Store:
     def revoke_challenge(self, challenge_id: int, *, now: float) -> bool:
         """Make a challenge unusable at once; False if there is no such unrevoked challenge."""
         with self.transaction() as db:
-            changed = db.execute(
-                "UPDATE challenges SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, challenge_id)
-            ).rowcount
+            changed = db.execute("UPDATE challenges SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, challenge_id)).rowcount
         return bool(changed)
 
     def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
@@ -331,9 +325,7 @@ class Store:
             )
 
     def device(self, udid: str) -> Device | None:
-        row = self._db.execute(
-            "SELECT udid, user, attributes, first_seen, last_seen FROM devices WHERE udid = ?", (udid,)
-        ).fetchone()
+        row = self._db.execute("SELECT udid, user, attributes, first_seen, last_seen FROM devices WHERE udid = ?", (udid,)).fetchone()
         if row is None:
             return None
         return Device(row[0], row[1], json.loads(row[2]), row[3], row[4])

@@ -50,9 +50,7 @@ log = Logger()
 class Options(usage.Options):
     """The stable command line: ``twistd -n otad [--config FILE] [--listen STRPORT]... [--data-dir DIR] ...``."""
 
-    synopsis = (
-        "[--config FILE] [--listen STRPORT]... [--data-dir DIR] [--hostname NAME] [--htpasswd FILE] [--device-ca FILE]"
-    )
+    synopsis = "[--config FILE] [--listen STRPORT]... [--data-dir DIR] [--hostname NAME] [--htpasswd FILE] [--device-ca FILE]"
     longdesc = f"otad {__version__}: over-the-air enrollment and profile service for Apple devices."
     optParameters = [
         ["config", "c", None, "ini configuration file; etc/otad.conf documents every key"],
@@ -235,7 +233,13 @@ class OtadService(MultiService):
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
         site = build_site(
-            settings, authority, self.store, self.crypto, self.auth.run, self._reactor, DeviceTrust(settings.device_policy, anchors),
+            settings,
+            authority,
+            self.store,
+            self.crypto,
+            self.auth.run,
+            self._reactor,
+            DeviceTrust(settings.device_policy, anchors),
             profile_templates,
         )
         urls, own_tls, operators = await self._listen(site, authority, now)
@@ -268,8 +272,11 @@ class OtadService(MultiService):
                 operators.append(operator)
                 factory = operator.server.wrap(site)
                 for problem in tls_server_problems(chain[0], settings.hostname, now):
-                    log.warn("the TLS certificate {path} will be refused by Apple devices: {problem}",
-                             path=str(listener.files["certKey"]), problem=problem)
+                    log.warn(
+                        "the TLS certificate {path} will be refused by Apple devices: {problem}",
+                        path=str(listener.files["certKey"]),
+                        problem=problem,
+                    )
             elif listener.tls:
                 if own_tls is None:
                     own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain])
@@ -310,15 +317,19 @@ class OtadService(MultiService):
         if shown:
             # The JSON log leaves this event out (its first_password field): it reaches the console only.
             log.warn(
-                opening + " user 'apple' and password {first_password}; enroll at {url} "
-                "(until it is used, the password is also in {keep})",
-                path=str(settings.htpasswd), first_password=first.password, url=enroll, keep=str(settings.first_password_file),
+                opening + " user 'apple' and password {first_password}; enroll at {url} (until it is used, the password is also in {keep})",
+                path=str(settings.htpasswd),
+                first_password=first.password,
+                url=enroll,
+                keep=str(settings.first_password_file),
             )
         else:
             log.warn(
                 opening + " user 'apple'; its password is in {keep} (readable by otad's user only) "
                 "until it is used or changed; enroll at {url}",
-                path=str(settings.htpasswd), keep=str(settings.first_password_file), url=enroll,
+                path=str(settings.htpasswd),
+                keep=str(settings.first_password_file),
+                url=enroll,
             )
 
     def _purge(self) -> Deferred[object]:

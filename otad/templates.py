@@ -33,9 +33,7 @@ SUFFIXES = (".plist", ".mobileconfig")
 DEFAULT_DIRECTORY = Path(__file__).parent / "profiles"
 
 # $$ (a literal $), ${NAME}, $NAME, or a $ that starts none of these.
-_PLACEHOLDER = re.compile(
-    r"\$(?:(?P<escape>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|)"
-)
+_PLACEHOLDER = re.compile(r"\$(?:(?P<escape>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|)")
 _OWN_FORM_KEYS = ("Match", "PayloadContent")
 
 
@@ -107,22 +105,14 @@ def _check_variables(name: str, payloads: Sequence[object], prefix: str) -> None
     for path, text in _strings(list(payloads), prefix):
         for variable in _variables(text):
             if variable is None:
-                raise TemplateError(
-                    f"{name}: {path}: a $ that starts no variable (write $$ for a literal $)"
-                )
+                raise TemplateError(f"{name}: {path}: a $ that starts no variable (write $$ for a literal $)")
             if variable not in VARIABLES:
-                raise TemplateError(
-                    f"{name}: {path}: unknown variable ${variable} "
-                    f"(known: {', '.join(VARIABLES)})"
-                )
+                raise TemplateError(f"{name}: {path}: unknown variable ${variable} (known: {', '.join(VARIABLES)})")
 
 
 def _check_payloads(name: str, payloads: Sequence[object], prefix: str) -> None:
     # Rendering gives every payload a fresh PayloadUUID, so the file's own (if any) do not count.
-    stamped = [
-        {**payload, "PayloadUUID": new_uuid()} if isinstance(payload, dict) else payload
-        for payload in payloads
-    ]
+    stamped = [{**payload, "PayloadUUID": new_uuid()} if isinstance(payload, dict) else payload for payload in payloads]
     for finding in validate_payloads(stamped, prefix):
         if finding.level == "error":
             raise TemplateError(f"{name}: {finding.path}: {finding.message}")
@@ -159,23 +149,16 @@ def _parse(name: str, data: bytes) -> Template:
     elif isinstance(document, dict) and "PayloadType" not in document:
         for key in document:
             if key not in _OWN_FORM_KEYS:
-                raise TemplateError(
-                    f"{name}: {key}: unknown key (a template has Match and PayloadContent)"
-                )
+                raise TemplateError(f"{name}: {key}: unknown key (a template has Match and PayloadContent)")
         payloads, prefix = document.get("PayloadContent"), "PayloadContent"
         match = _match(name, document.get("Match", {}))
     elif isinstance(document, dict):
-        raise TemplateError(
-            f"{name}: a single {document['PayloadType']!r} payload: "
-            "put it in a PayloadContent array"
-        )
+        raise TemplateError(f"{name}: a single {document['PayloadType']!r} payload: put it in a PayloadContent array")
     else:
         raise TemplateError(f"{name}: must be a payload array or a dictionary")
 
     if not isinstance(payloads, list):
-        raise TemplateError(
-            f"{name}: {prefix or 'top level'}: must be an array of payloads"
-        )
+        raise TemplateError(f"{name}: {prefix or 'top level'}: must be an array of payloads")
     _check_payloads(name, payloads, prefix)
     _check_variables(name, payloads, prefix)
     return Template(name=name, payloads=tuple(payloads), match=match)
@@ -189,9 +172,7 @@ def load_templates(directory: Path) -> list[Template]:
             key=lambda p: p.name,
         )
     except OSError as e:
-        raise TemplateError(
-            f"{directory}: cannot list templates: {e.strerror}"
-        ) from None
+        raise TemplateError(f"{directory}: cannot list templates: {e.strerror}") from None
     if not files:
         raise TemplateError(f"{directory}: no *.plist or *.mobileconfig templates")
     templates = []
@@ -219,9 +200,7 @@ def select(templates: Sequence[Template], attributes: Mapping[str, object]) -> T
             return template
     named = sorted({attribute for t in templates for attribute in t.match})
     seen = ", ".join(f"{a}={attributes.get(a)!r}" for a in named)
-    raise TemplateError(
-        f"no template matches this device ({seen}); add one without Match as a fallback"
-    )
+    raise TemplateError(f"no template matches this device ({seen}); add one without Match as a fallback")
 
 
 def render(template: Template, values: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -239,8 +218,4 @@ def render(template: Template, values: Mapping[str, str]) -> list[dict[str, Any]
 
 def needs_scep_challenge(template: Template) -> bool:
     """Whether the template uses $SCEP_CHALLENGE, so the server must mint a one-time challenge."""
-    return any(
-        variable == "SCEP_CHALLENGE"
-        for _, text in _strings(list(template.payloads), "")
-        for variable in _variables(text)
-    )
+    return any(variable == "SCEP_CHALLENGE" for _, text in _strings(list(template.payloads), "") for variable in _variables(text))

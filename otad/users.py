@@ -180,8 +180,11 @@ class HtpasswdChecker:
             check_password(password, b"$2b$12$" + b"." * 53)
             raise UnauthorizedLogin("unknown user or wrong password")
         if not hashed.startswith(BCRYPT_PREFIXES):
-            log.warn("user {user} has a non-bcrypt entry in {path}; re-add it with htpasswd -B",
-                     user=name.decode("utf-8", "replace"), path=str(self._path))
+            log.warn(
+                "user {user} has a non-bcrypt entry in {path}; re-add it with htpasswd -B",
+                user=name.decode("utf-8", "replace"),
+                path=str(self._path),
+            )
             raise UnauthorizedLogin("unsupported password hash")
         if not check_password(password, hashed):
             raise UnauthorizedLogin("unknown user or wrong password")

@@ -58,9 +58,7 @@ def _sign(
         return builder.sign(issuer_key, algorithm)
     draft = builder.sign(issuer_key, hashes.SHA256())
     parsed = asn1_x509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
-    sha1_rsa = asn1_algos.SignedDigestAlgorithm(
-        {"algorithm": "sha1_rsa", "parameters": asn1_core.Null()}
-    )
+    sha1_rsa = asn1_algos.SignedDigestAlgorithm({"algorithm": "sha1_rsa", "parameters": asn1_core.Null()})
     tbs = parsed["tbs_certificate"]
     tbs["signature"] = sha1_rsa
     signature = issuer_key.sign(tbs.dump(), padding.PKCS1v15(), hashes.SHA1())
@@ -224,9 +222,7 @@ class FakeAppleHierarchy:
         """Device CA, intermediate, root: the certificates real devices embed."""
         return [self.device_ca, self.intermediate, self.root]
 
-    def issue_device_identity(
-        self, udid: str
-    ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    def issue_device_identity(self, udid: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
         """
         A device identity like the ones Apple burns into iPhones.
 
@@ -254,18 +250,14 @@ class FakeAppleHierarchy:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=3 * 365))
-            .add_extension(
-                x509.BasicConstraints(ca=False, path_length=None), critical=True
-            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_leaf_key_usage(), critical=True)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                 critical=False,
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.device_ca_key.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.device_ca_key.public_key()),
                 critical=False,
             )
         )

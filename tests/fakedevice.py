@@ -255,9 +255,7 @@ def _octets(value: bytes) -> bytes:
 
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
-        return bool(
-            cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        )
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
 
@@ -279,9 +277,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         if isinstance(public_key, rsa.RSAPublicKey) and hash_algorithm is not None:
             if not isinstance(params, (padding.PKCS1v15, padding.PSS)):
                 return False
-            public_key.verify(
-                cert.signature, cert.tbs_certificate_bytes, params, hash_algorithm
-            )
+            public_key.verify(cert.signature, cert.tbs_certificate_bytes, params, hash_algorithm)
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
             if not isinstance(params, ec.ECDSA):
                 return False
@@ -372,9 +368,7 @@ def sign_cms(
             }
         ),
         "digest_algorithm": digest_algorithm,
-        "signature_algorithm": cms.SignedDigestAlgorithm(
-            {"algorithm": "rsassa_pkcs1v15"}
-        ),
+        "signature_algorithm": cms.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}),
         "signature": signature,
     }
     if attrs_value is not None:
@@ -389,9 +383,7 @@ def sign_cms(
             "signer_infos": [cms.SignerInfo(signer_info)],
         }
     )
-    return bytes(
-        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
-    )
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
 
 
 def to_ber_indefinite(der: bytes, chunk_size: int = 1000) -> bytes:
@@ -408,34 +400,15 @@ def to_ber_indefinite(der: bytes, chunk_size: int = 1000) -> bytes:
     signed_data = info["content"]
     encap = signed_data["encap_content_info"]
     content = bytes(encap["content"].native or b"")
-    chunks = b"".join(
-        _tlv(0x04, content[i : i + chunk_size])
-        for i in range(0, len(content), chunk_size)
-    )
-    encap_ber = (
-        b"\x30\x80"
-        + encap["content_type"].dump()
-        + b"\xa0\x80"
-        + b"\x24\x80"
-        + chunks
-        + _EOC
-        + _EOC
-        + _EOC
-    )
+    chunks = b"".join(_tlv(0x04, content[i : i + chunk_size]) for i in range(0, len(content), chunk_size))
+    encap_ber = b"\x30\x80" + encap["content_type"].dump() + b"\xa0\x80" + b"\x24\x80" + chunks + _EOC + _EOC + _EOC
     parts = [signed_data["version"].dump(), signed_data["digest_algorithms"].dump()]
     parts.append(encap_ber)
     if not isinstance(signed_data["certificates"], asn1_core.Void):
         parts.append(signed_data["certificates"].dump())
     parts.append(signed_data["signer_infos"].dump())
     signed_ber = b"\x30\x80" + b"".join(parts) + _EOC
-    return (
-        b"\x30\x80"
-        + info["content_type"].dump()
-        + b"\xa0\x80"
-        + signed_ber
-        + _EOC
-        + _EOC
-    )
+    return b"\x30\x80" + info["content_type"].dump() + b"\xa0\x80" + signed_ber + _EOC + _EOC
 
 
 # --------------------------------------------------------------------------
@@ -455,23 +428,16 @@ class SignedContent:
     content_type: str = OID_DATA
 
 
-def _find_signer(
-    sid: cms.SignerIdentifier, certificates: Sequence[x509.Certificate]
-) -> x509.Certificate:
+def _find_signer(sid: cms.SignerIdentifier, certificates: Sequence[x509.Certificate]) -> x509.Certificate:
     for cert in certificates:
         if sid.name == "issuer_and_serial_number":
             ias = sid.chosen
             asn1 = _asn1_cert(cert)
-            if (
-                ias["serial_number"].native == asn1.serial_number
-                and ias["issuer"] == asn1.issuer
-            ):
+            if ias["serial_number"].native == asn1.serial_number and ias["issuer"] == asn1.issuer:
                 return cert
         elif sid.name == "subject_key_identifier":
             try:
-                ski = cert.extensions.get_extension_for_class(
-                    x509.SubjectKeyIdentifier
-                ).value.digest
+                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
             except x509.ExtensionNotFound:
                 continue
             if ski == sid.chosen.native:
@@ -479,9 +445,7 @@ def _find_signer(
     raise CMSError("signer certificate is not in the SignedData")
 
 
-def _verify_signature(
-    public_key: Any, signature: bytes, data: bytes, digest: str, scheme: str
-) -> None:
+def _verify_signature(public_key: Any, signature: bytes, data: bytes, digest: str, scheme: str) -> None:
     hash_algorithm = _HASHES[digest]()
     if isinstance(public_key, rsa.RSAPublicKey) and scheme == "rsassa_pkcs1v15":
         public_key.verify(signature, data, padding.PKCS1v15(), hash_algorithm)
@@ -520,9 +484,7 @@ def verify_signed(
         if not isinstance(signed_data["certificates"], asn1_core.Void):
             for choice in signed_data["certificates"]:
                 if choice.name == "certificate":
-                    certificates.append(
-                        x509.load_der_x509_certificate(choice.chosen.dump())
-                    )
+                    certificates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
         signer_infos = list(signed_data["signer_infos"])
         if len(signer_infos) != 1:
             raise CMSError(f"expected one signer, found {len(signer_infos)}")
@@ -547,9 +509,7 @@ def verify_signed(
             if attributes.get(OID_CONTENT_TYPE) != [expected_type]:
                 raise CMSError("contentType attribute does not match eContentType")
         try:
-            _verify_signature(
-                signer.public_key(), signature, signed_bytes, digest, scheme
-            )
+            _verify_signature(signer.public_key(), signature, signed_bytes, digest, scheme)
         except CMSError:
             raise
         except Exception as e:
@@ -558,12 +518,8 @@ def verify_signed(
         raise
     except Exception as e:
         raise CMSError(f"malformed SignedData: {e!r}") from e
-    if anchors is not None and not _chains_to(
-        signer, list(anchors), [*certificates, *extra_certificates]
-    ):
-        raise CMSError(
-            f"signer {signer.subject.rfc4514_string()} does not chain to the anchors"
-        )
+    if anchors is not None and not _chains_to(signer, list(anchors), [*certificates, *extra_certificates]):
+        raise CMSError(f"signer {signer.subject.rfc4514_string()} does not chain to the anchors")
     return SignedContent(
         content=content,
         signer=signer,
@@ -574,9 +530,7 @@ def verify_signed(
     )
 
 
-def unwrap_signed(
-    der: bytes, trust: x509.Certificate | Sequence[x509.Certificate] | None
-) -> tuple[bytes, x509.Certificate]:
+def unwrap_signed(der: bytes, trust: x509.Certificate | Sequence[x509.Certificate] | None) -> tuple[bytes, x509.Certificate]:
     """
     Verify a SignedData and return (content, signer certificate).
 
@@ -639,9 +593,7 @@ def envelope(data: bytes, recipient: x509.Certificate, *, aes: bool = True) -> b
                         }
                     ),
                     "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
-                    "encrypted_key": public_key.encrypt(
-                        content_key, padding.PKCS1v15()
-                    ),
+                    "encrypted_key": public_key.encrypt(content_key, padding.PKCS1v15()),
                 }
             )
         }
@@ -660,14 +612,10 @@ def envelope(data: bytes, recipient: x509.Certificate, *, aes: bool = True) -> b
             },
         }
     )
-    return bytes(
-        cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
-    )
+    return bytes(cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump())
 
 
-def decrypt_enveloped(
-    der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey
-) -> bytes:
+def decrypt_enveloped(der: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bytes:
     """
     Decrypt an EnvelopedData addressed to ``cert`` (issuer and serial).
 
@@ -718,9 +666,7 @@ def decrypt_enveloped(
 # profiles
 
 
-def _require(
-    payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...]
-) -> Any:
+def _require(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in payload:
         raise ProfileError(f"payload lacks {key}")
     value = payload[key]
@@ -771,9 +717,7 @@ def validate_profile(profile: Any, expected_type: str) -> dict[str, Any]:
     """
     _check_common(profile)
     if profile["PayloadType"] != expected_type:
-        raise ProfileError(
-            f"PayloadType is {profile['PayloadType']!r}, expected {expected_type!r}"
-        )
+        raise ProfileError(f"PayloadType is {profile['PayloadType']!r}, expected {expected_type!r}")
     if expected_type == "Profile Service":
         content = _require(profile, "PayloadContent", dict)
         if not _require(content, "URL", str).startswith("https://"):
@@ -820,11 +764,7 @@ def subject_from_payload(subject: Any) -> x509.Name:
             raise ProfileError("Subject RDN is not a non-empty array")
         attributes = []
         for pair in rdn:
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not all(isinstance(p, str) for p in pair)
-            ):
+            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
                 raise ProfileError(f"Subject entry {pair!r} is not [type, value]")
             kind, value = pair
             if kind in _SUBJECT_ABBREVIATIONS:
@@ -872,13 +812,9 @@ def build_csr(
     with keyUsage (payload "Key Usage") and subjectAltName (payload
     "SubjectAltName": dNSName / rfc822Name / uniformResourceIdentifier).
     """
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        subject_from_payload(subject)
-    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject_from_payload(subject))
     if challenge is not None:
-        builder = builder.add_attribute(
-            AttributeOID.CHALLENGE_PASSWORD, challenge.encode("utf-8")
-        )
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode("utf-8"))
     if key_usage:
         builder = builder.add_extension(_key_usage(key_usage), critical=True)
     if subject_alt_name:
@@ -892,9 +828,7 @@ def build_csr(
             for value in [values] if isinstance(values, str) else values:
                 names.append(maker(value))
         if names:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(names), critical=False
-            )
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(key, hashes.SHA256())
 
 
@@ -951,9 +885,7 @@ def build_pkcs_req(
         transaction_id = hashlib.sha256(spki).hexdigest().upper()
     if sender_nonce is None:
         sender_nonce = os.urandom(16)
-    enveloped = envelope(
-        csr.public_bytes(serialization.Encoding.DER), recipient, aes=aes
-    )
+    enveloped = envelope(csr.public_bytes(serialization.Encoding.DER), recipient, aes=aes)
     digest = "sha256" if sha256 else "sha1"
     der = sign_cms(
         enveloped,
@@ -993,9 +925,7 @@ class CertRep:
     signer: x509.Certificate
 
 
-def _single(
-    attributes: Mapping[str, list[bytes]], oid: str, spec: type[asn1_core.Asn1Value]
-) -> Any:
+def _single(attributes: Mapping[str, list[bytes]], oid: str, spec: type[asn1_core.Asn1Value]) -> Any:
     values = attributes.get(oid)
     if values is None:
         raise SCEPError(f"CertRep lacks attribute {oid}")
@@ -1005,9 +935,7 @@ def _single(
         parsed = spec.load(values[0], strict=True)
         native = parsed.native
     except Exception as e:
-        raise SCEPError(
-            f"CertRep attribute {oid} is not a {spec.__name__}: {e!r}"
-        ) from e
+        raise SCEPError(f"CertRep attribute {oid} is not a {spec.__name__}: {e!r}") from e
     return native
 
 
@@ -1028,22 +956,14 @@ def read_cert_rep(der: bytes, ca_certs: Sequence[x509.Certificate]) -> CertRep:
         raise SCEPError("CertRep has no signed attributes")
     fail_info = None
     if OID_SCEP_FAIL_INFO in attributes:
-        fail_info = int(
-            _single(attributes, OID_SCEP_FAIL_INFO, asn1_core.PrintableString)
-        )
+        fail_info = int(_single(attributes, OID_SCEP_FAIL_INFO, asn1_core.PrintableString))
     return CertRep(
-        message_type=_single(
-            attributes, OID_SCEP_MESSAGE_TYPE, asn1_core.PrintableString
-        ),
+        message_type=_single(attributes, OID_SCEP_MESSAGE_TYPE, asn1_core.PrintableString),
         pki_status=_single(attributes, OID_SCEP_PKI_STATUS, asn1_core.PrintableString),
         fail_info=fail_info,
-        transaction_id=_single(
-            attributes, OID_SCEP_TRANSACTION_ID, asn1_core.PrintableString
-        ),
+        transaction_id=_single(attributes, OID_SCEP_TRANSACTION_ID, asn1_core.PrintableString),
         sender_nonce=_single(attributes, OID_SCEP_SENDER_NONCE, asn1_core.OctetString),
-        recipient_nonce=_single(
-            attributes, OID_SCEP_RECIPIENT_NONCE, asn1_core.OctetString
-        ),
+        recipient_nonce=_single(attributes, OID_SCEP_RECIPIENT_NONCE, asn1_core.OctetString),
         content=verified.content,
         signer=verified.signer,
     )
@@ -1117,9 +1037,7 @@ class SCEPCaps:
         )
 
 
-def select_scep_certs(
-    content_type: bytes, body: bytes
-) -> tuple[x509.Certificate, list[x509.Certificate]]:
+def select_scep_certs(content_type: bytes, body: bytes) -> tuple[x509.Certificate, list[x509.Certificate]]:
     """
     (recipient, all certificates) from a GetCACert reply.
 
@@ -1149,9 +1067,7 @@ def select_scep_certs(
     raise SCEPError("GetCACert holds neither an RA nor a CA certificate")
 
 
-def _check_ca_fingerprint(
-    fingerprint: bytes, certs: Sequence[x509.Certificate]
-) -> None:
+def _check_ca_fingerprint(fingerprint: bytes, certs: Sequence[x509.Certificate]) -> None:
     """The payload's CAFingerprint must match one GetCACert certificate."""
     for cert in certs:
         for algorithm in (hashes.SHA256(), hashes.SHA1(), hashes.MD5()):
@@ -1209,9 +1125,7 @@ class FakeDevice:
     identity: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None
     user_agent: bytes = b"fakedevice/1.0 (iPhone; otad tests)"
 
-    scep_identity: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = field(
-        default=None, init=False
-    )
+    scep_identity: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = field(default=None, init=False)
     profile_url: str = field(default="/profile", init=False)
     server_ca: x509.Certificate | None = field(default=None, init=False)
     profile_service: dict[str, Any] | None = field(default=None, init=False)
@@ -1225,10 +1139,7 @@ class FakeDevice:
         if self.ca_pem is not None:
             self.ca_certs = x509.load_pem_x509_certificates(self.ca_pem)
             trust = ssl.trustRootFromCertificates(
-                [
-                    ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM))
-                    for c in self.ca_certs
-                ]
+                [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in self.ca_certs]
             )
             policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
         else:
@@ -1280,20 +1191,14 @@ class FakeDevice:
         producer: IBodyProducer | None = None
         if body is not None:
             producer = cast(IBodyProducer, FileBodyProducer(BytesIO(body)))
-        response = await self._agent.request(
-            method, self._url(path).encode("ascii"), raw, producer
-        )
+        response = await self._agent.request(method, self._url(path).encode("ascii"), raw, producer)
         data = await readBody(response)
         return Response(code=response.code, headers=response.headers, body=data)
 
-    def _expect(
-        self, response: Response, content_type: bytes | Iterable[bytes]
-    ) -> None:
+    def _expect(self, response: Response, content_type: bytes | Iterable[bytes]) -> None:
         if response.code != 200:
             raise UnexpectedResponse(f"expected 200: {response.body[:200]!r}", response)
-        allowed = (
-            {content_type} if isinstance(content_type, bytes) else set(content_type)
-        )
+        allowed = {content_type} if isinstance(content_type, bytes) else set(content_type)
         if response.content_type not in allowed:
             raise UnexpectedResponse(
                 f"content type {response.content_type!r} not in {sorted(allowed)}",
@@ -1328,9 +1233,7 @@ class FakeDevice:
         Remembers the payload's URL (later phase 2/3 POSTs go there, as on a
         device) and the whole payload in ``profile_service``.
         """
-        response = await self.request(
-            b"GET", "/enroll", username=username, password=password
-        )
+        response = await self.request(b"GET", "/enroll", username=username, password=password)
         profile = self._open_profile(response, "Profile Service")
         self.profile_service = profile
         self.profile_url = profile["PayloadContent"]["URL"]
@@ -1433,14 +1336,10 @@ class FakeDevice:
     async def _new_key(self, key_size: int) -> rsa.RSAPrivateKey:
         """RSA keygen on a thread: it must never stall the reactor."""
         pool = self.reactor.getThreadPool()
-        key: rsa.RSAPrivateKey = await threads.deferToThreadPool(
-            self.reactor, pool, rsa.generate_private_key, 65537, key_size
-        )
+        key: rsa.RSAPrivateKey = await threads.deferToThreadPool(self.reactor, pool, rsa.generate_private_key, 65537, key_size)
         return key
 
-    async def scep_enroll(
-        self, scep_payload: dict[str, Any], *, use_get: bool = False
-    ) -> x509.Certificate:
+    async def scep_enroll(self, scep_payload: dict[str, Any], *, use_get: bool = False) -> x509.Certificate:
         """
         Enroll with SCEP as iOS does, from a com.apple.security.scep payload.
 
@@ -1472,12 +1371,8 @@ class FakeDevice:
             key = await self._new_key(int(content.get("Keysize", 2048)))
         subject = content.get("Subject", [])
         # iOS names its transient signer after the requested subject
-        common_names = subject_from_payload(subject).get_attributes_for_oid(
-            NameOID.COMMON_NAME
-        )
-        signer_cert, _ = self_signed_identity(
-            str(common_names[0].value) if common_names else "SCEP SIGNER", key=key
-        )
+        common_names = subject_from_payload(subject).get_attributes_for_oid(NameOID.COMMON_NAME)
+        signer_cert, _ = self_signed_identity(str(common_names[0].value) if common_names else "SCEP SIGNER", key=key)
         request = build_pkcs_req(
             key,
             signer_cert,
@@ -1493,9 +1388,7 @@ class FakeDevice:
 
         if use_get or not caps.post:
             message = base64.b64encode(request.der).decode("ascii")
-            response = await self.request(
-                b"GET", self._scep_url(url, "PKIOperation", message)
-            )
+            response = await self.request(b"GET", self._scep_url(url, "PKIOperation", message))
         else:
             response = await self.request(
                 b"POST",
@@ -1504,9 +1397,7 @@ class FakeDevice:
                 headers={b"content-type": [CONTENT_TYPE_PKI_MESSAGE]},
             )
         self._expect(response, CONTENT_TYPE_PKI_MESSAGE)
-        cert = parse_cert_rep(
-            response.body, ca_certs=ca_certs, request=request, key=key
-        )
+        cert = parse_cert_rep(response.body, ca_certs=ca_certs, request=request, key=key)
         self.scep_identity = (cert, key)
         return cert
 

@@ -76,7 +76,13 @@ class MemorySite:
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
         self.site = build_site(
-            self.settings, self.authority, self.store, pool, pool.run, self.clock, DeviceTrust(policy, anchors),
+            self.settings,
+            self.authority,
+            self.store,
+            pool,
+            pool.run,
+            self.clock,
+            DeviceTrust(policy, anchors),
             load_profile_templates(self.settings.templates),
         )
         self.treq = StubTreq(self.site.resource)
@@ -121,5 +127,5 @@ def device_binding(cert: Any) -> str | None:
         return None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.startswith("urn:x-otad:udid:"):
-            return str(uri[len("urn:x-otad:udid:"):])
+            return str(uri[len("urn:x-otad:udid:") :])
     return None

@@ -131,9 +131,7 @@ class AdminTests(TestCase):
         for _ in range(3):
             challenge = self.store.consume_challenge(tokens.digest(token), ("static",), now=time.time())
         self.assertEqual((challenge.kind, challenge.bound_to), ("static", None))
-        error = self.assertRaises(
-            ChallengeRefused, self.store.consume_challenge, tokens.digest(token), ("static",), now=time.time()
-        )
+        error = self.assertRaises(ChallengeRefused, self.store.consume_challenge, tokens.digest(token), ("static",), now=time.time())
         self.assertEqual(str(error), "challenge already used")
 
     def test_challenge_token_is_never_stored(self) -> None:
@@ -158,16 +156,20 @@ class AdminTests(TestCase):
         self.assertEqual(status, 0)
         default = self.store.find_challenge(tokens.digest(out.strip()), ("static",), now=time.time())
         self.assertEqual((default.bound_to, default.uses_left, default.expires - default.created), (None, 1, 3600))
-        self.assertRaises(
-            ChallengeRefused, self.store.consume_challenge, tokens.digest(out.strip()), ("static",), now=default.expires
-        )
+        self.assertRaises(ChallengeRefused, self.store.consume_challenge, tokens.digest(out.strip()), ("static",), now=default.expires)
 
     def test_challenge_refuses_bad_uses_ttl_and_udid(self) -> None:
         """Uses outside 1..1000000, a zero or malformed TTL and a UDID of the wrong shape are usage errors (exit 2)
         whose last stderr line names the option, and they create nothing."""
         for argv in (
-            ["--uses", "0"], ["--uses", "1000001"], ["--uses", "many"], ["--ttl", "0"], ["--ttl", "1y"],
-            ["--bind-udid", "short"], ["--bind-udid", "has space 0123456789"], ["--bind-udid", "x" * 65],
+            ["--uses", "0"],
+            ["--uses", "1000001"],
+            ["--uses", "many"],
+            ["--ttl", "0"],
+            ["--ttl", "1y"],
+            ["--bind-udid", "short"],
+            ["--bind-udid", "has space 0123456789"],
+            ["--bind-udid", "x" * 65],
         ):
             status, out, err = self.admin("challenge", "create", *argv)
             self.assertEqual((status, out), (2, ""), argv)
@@ -213,9 +215,14 @@ class AdminTests(TestCase):
         status, out, _ = self.admin("certs", "list", "--json")
         self.assertEqual(status, 0)
         rows = json.loads(out)
-        self.assertEqual([(row["serial"], row["udid"], row["status"]) for row in rows], [
-            ("a1b2c3", UDID, "valid"), ("f", OTHER_UDID, "expired"), ("beef", None, "revoked"),
-        ])
+        self.assertEqual(
+            [(row["serial"], row["udid"], row["status"]) for row in rows],
+            [
+                ("a1b2c3", UDID, "valid"),
+                ("f", OTHER_UDID, "expired"),
+                ("beef", None, "revoked"),
+            ],
+        )
         self.assertEqual(rows[0]["subject"], "CN=otad test")
         self.assertEqual(rows[0]["not_after"], (now + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
@@ -231,9 +238,7 @@ class AdminTests(TestCase):
 
     def test_certs_show_accepts_any_hex_form(self) -> None:
         """`certs show` finds a serial written with or without 0x, in any case, with colons and leading zeros."""
-        cert = self.add_certificate(
-            0xA1B2C3, udid=UDID, not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
-        )
+        cert = self.add_certificate(0xA1B2C3, udid=UDID, not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30))
         fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
         for form in ("a1b2c3", "A1B2C3", "0xa1b2c3", "0XA1B2C3", "a1:b2:c3", "00:A1:B2:C3", "0x00a1b2c3"):
             status, out, err = self.admin("certs", "show", form, "--json")
@@ -294,10 +299,13 @@ class AdminTests(TestCase):
         self.store.record_device(OTHER_UDID, None, {"UDID": OTHER_UDID}, now=1_800_000_000)
         status, out, _ = self.admin("devices", "--json")
         self.assertEqual(status, 0)
-        self.assertEqual(json.loads(out), [
-            {"udid": OTHER_UDID, "user": None, "product": None, "last_seen": "2027-01-15T08:00:00Z"},
-            {"udid": UDID, "user": "alice", "product": "iPhone15,2", "last_seen": "2023-11-14T22:13:20Z"},
-        ])
+        self.assertEqual(
+            json.loads(out),
+            [
+                {"udid": OTHER_UDID, "user": None, "product": None, "last_seen": "2027-01-15T08:00:00Z"},
+                {"udid": UDID, "user": "alice", "product": "iPhone15,2", "last_seen": "2023-11-14T22:13:20Z"},
+            ],
+        )
         status, out, _ = self.admin("devices")
         self.assertEqual(status, 0)
         self.assertEqual(out.splitlines()[1].split(), [UDID, "alice", "iPhone15,2", "2023-11-14T22:13:20Z"])
@@ -308,10 +316,13 @@ class AdminTests(TestCase):
         self.store.record_event(now=1_700_000_060, kind="profile", outcome="sent", udid=UDID)
         status, out, _ = self.admin("events", "--limit", "5")
         self.assertEqual(status, 0)
-        self.assertEqual(out.splitlines(), [
-            f"2023-11-14T22:14:20Z profile sent udid={UDID}",
-            "2023-11-14T22:13:20Z enroll refused user=bob bad password",
-        ])
+        self.assertEqual(
+            out.splitlines(),
+            [
+                f"2023-11-14T22:14:20Z profile sent udid={UDID}",
+                "2023-11-14T22:13:20Z enroll refused user=bob bad password",
+            ],
+        )
 
     def test_users(self) -> None:
         """`user add` reads the password from stdin, `user list --json` shows it and `user remove` removes it."""
@@ -368,7 +379,9 @@ class AdminTests(TestCase):
                 self.store.record_event(now=1_700_000_000 + number, kind="test", outcome="filler", reason="x" * 40)
         result = subprocess.run(
             ["bash", "-c", f"'{script}' events --limit 3000 --data-dir '{self.directory}' | head -1; exit ${{PIPESTATUS[0]}}"],
-            capture_output=True, check=False, timeout=60,
+            capture_output=True,
+            check=False,
+            timeout=60,
         )
         self.assertEqual(result.stderr, b"")
         self.assertEqual(len(result.stdout.splitlines()), 1)
@@ -384,8 +397,9 @@ class AdminTests(TestCase):
         challenge_id = int(re.search(r"static challenge (\d+)", err).group(1))  # type: ignore[union-attr]
         status, out, _ = self.admin("challenge", "list", "--json")
         [row] = json.loads(out)
-        self.assertEqual((row["id"], row["kind"], row["status"], row["uses_left"], row["bound_to"]),
-                         (challenge_id, "static", "usable", 2, UDID))
+        self.assertEqual(
+            (row["id"], row["kind"], row["status"], row["uses_left"], row["bound_to"]), (challenge_id, "static", "usable", 2, UDID)
+        )
         status, out, _ = self.admin("challenge", "revoke", str(challenge_id))
         self.assertEqual((status, out), (0, f"revoked challenge {challenge_id}\n"))
         error = self.assertRaises(ChallengeRefused, self.store.consume_challenge, tokens.digest(token), ("static",), now=time.time())
@@ -434,9 +448,20 @@ class AdminTests(TestCase):
         os.chown(self.directory, 65534, 65534)
         script = Path(sys.executable).parent / "otad-admin"
         result = subprocess.run(
-            ["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups", str(script), "challenge", "create",
-             "--data-dir", str(self.directory)],
-            capture_output=True, check=False, timeout=60,
+            [
+                "setpriv",
+                "--reuid=65533",
+                "--regid=65533",
+                "--clear-groups",
+                str(script),
+                "challenge",
+                "create",
+                "--data-dir",
+                str(self.directory),
+            ],
+            capture_output=True,
+            check=False,
+            timeout=60,
         )
         self.assertEqual((result.returncode, result.stdout), (1, b""), result.stderr)
         self.assertEqual(result.stderr.count(b"\n"), 1, result.stderr)

@@ -127,9 +127,7 @@ class BootstrapTests(unittest.TestCase):
         self.assertTrue(_extension(cert, x509.KeyUsage).critical)
         root_key_id = _extension(self.authority.root.cert, x509.SubjectKeyIdentifier).value.digest
         self.assertEqual(_extension(cert, x509.AuthorityKeyIdentifier).value.key_identifier, root_key_id)
-        self.assertEqual(
-            _extension(cert, x509.SubjectKeyIdentifier).value, x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
-        )
+        self.assertEqual(_extension(cert, x509.SubjectKeyIdentifier).value, x509.SubjectKeyIdentifier.from_public_key(cert.public_key()))
         self.assertEqual(cert.issuer, self.authority.root.cert.subject)
         cert.verify_directly_issued_by(self.authority.root.cert)
         self.assertGreater(cert.serial_number, 2**63)
@@ -255,10 +253,16 @@ class BootstrapTests(unittest.TestCase):
         and is reissued at the next start for the same key."""
         directory = self.copy()
         old = ca.issue(
-            self.authority.root, self.authority.tls.key.public_key(), self.authority.tls.cert.subject,
-            now=NOW, lifetime=datetime.timedelta(days=825, minutes=5),
-            extensions=[(ext.value, ext.critical) for ext in self.authority.tls.cert.extensions
-                        if not isinstance(ext.value, (x509.BasicConstraints, x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier))],
+            self.authority.root,
+            self.authority.tls.key.public_key(),
+            self.authority.tls.cert.subject,
+            now=NOW,
+            lifetime=datetime.timedelta(days=825, minutes=5),
+            extensions=[
+                (ext.value, ext.critical)
+                for ext in self.authority.tls.cert.extensions
+                if not isinstance(ext.value, (x509.BasicConstraints, x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier))
+            ],
         )
         (directory / "tls.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
         authority, lines = _bootstrap(directory, now=NOW + DAY)

@@ -77,9 +77,7 @@ def _issue(
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     signing_key = issuer.key if issuer else key
     cert = builder.sign(signing_key, hashes.SHA256())
@@ -125,18 +123,13 @@ def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def _openssl(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [OPENSSL, *map(str, args)], capture_output=True, check=False, timeout=60
-    )
+    return subprocess.run([OPENSSL, *map(str, args)], capture_output=True, check=False, timeout=60)
 
 
 def _must(*args: str | Path) -> bytes:
     result = _openssl(*args)
     if result.returncode != 0:
-        raise AssertionError(
-            f"openssl {' '.join(map(str, args))} failed: "
-            + result.stderr.decode(errors="replace")
-        )
+        raise AssertionError(f"openssl {' '.join(map(str, args))} failed: " + result.stderr.decode(errors="replace"))
     return result.stdout
 
 
@@ -175,15 +168,11 @@ class _Base(TestCase):
             content=CONTENT,
         )
 
-    def assertCMSError(
-        self, reason: str, function: Callable[..., object], *args: object
-    ) -> None:
+    def assertCMSError(self, reason: str, function: Callable[..., object], *args: object) -> None:
         error = self.assertRaises(cms.CMSError, function, *args)
         self.assertEqual(str(error), reason)
 
-    def assertOnlyCMSErrors(
-        self, der: bytes, function: Callable[..., object], *args: object
-    ) -> None:
+    def assertOnlyCMSErrors(self, der: bytes, function: Callable[..., object], *args: object) -> None:
         """Every single-byte corruption of der is either accepted or a CMSError."""
         for position in range(len(der)):
             corrupted = bytearray(der)
@@ -283,9 +272,7 @@ class CMSTests(_Base):
         _, signer, _ = _pki()
         der = cms.sign(CONTENT, signer.cert, signer.key, signed_attributes=False)
         info = asn1_cms.ContentInfo.load(der)
-        self.assertIsInstance(
-            info["content"]["signer_infos"][0]["signed_attrs"], core.Void
-        )
+        self.assertIsInstance(info["content"]["signer_infos"][0]["signed_attrs"], core.Void)
         self.assertEqual(dict(cms.verify(der).attributes), {})
         self.assertEqual(self.openssl_verify(der), CONTENT)
 
@@ -306,9 +293,7 @@ class CMSTests(_Base):
             padding.PKCS1v15(),
             hashes.SHA256(),
         )
-        spliced = der.replace(attrs.contents, unsorted).replace(
-            signer_info["signature"].native, signature
-        )
+        spliced = der.replace(attrs.contents, unsorted).replace(signer_info["signature"].native, signature)
         self.assertEqual(cms.verify(spliced).content, CONTENT)
 
     def test_rsa_encryption_oid(self) -> None:
@@ -354,9 +339,7 @@ class CMSTests(_Base):
         """A changed content byte fails the messageDigest check, or the signature."""
         with_attrs = bytearray(self.openssl_signed())
         with_attrs[with_attrs.index(CONTENT) + 3] ^= 1
-        self.assertCMSError(
-            "message digest does not match the content", cms.verify, bytes(with_attrs)
-        )
+        self.assertCMSError("message digest does not match the content", cms.verify, bytes(with_attrs))
         bare = bytearray(self.openssl_signed("-noattr"))
         bare[bare.index(CONTENT) + 3] ^= 1
         self.assertCMSError("signature does not verify", cms.verify, bytes(bare))
@@ -379,9 +362,7 @@ class CMSTests(_Base):
                 "content": b"something else",
             }
 
-        self.assertCMSError(
-            "message digest does not match the content", cms.verify, _rebuild(der, swap)
-        )
+        self.assertCMSError("message digest does not match the content", cms.verify, _rebuild(der, swap))
 
     def test_swapped_signer_certificate(self) -> None:
         """A carried cert with the signer's issuer and serial but another key is refused."""
@@ -390,15 +371,9 @@ class CMSTests(_Base):
         der = cms.sign(CONTENT, signer.cert, signer.key)
 
         def swap(signed_data: asn1_cms.SignedData) -> None:
-            signed_data["certificates"] = [
-                asn1_cms.CertificateChoices.load(
-                    impostor.cert.public_bytes(Encoding.DER)
-                )
-            ]
+            signed_data["certificates"] = [asn1_cms.CertificateChoices.load(impostor.cert.public_bytes(Encoding.DER))]
 
-        self.assertCMSError(
-            "signature does not verify", cms.verify, _rebuild(der, swap)
-        )
+        self.assertCMSError("signature does not verify", cms.verify, _rebuild(der, swap))
 
     def test_missing_signer_certificate(self) -> None:
         """A SignedData that does not carry its signer's certificate is refused."""
@@ -406,13 +381,9 @@ class CMSTests(_Base):
         der = cms.sign(CONTENT, signer.cert, signer.key)
 
         def swap(signed_data: asn1_cms.SignedData) -> None:
-            signed_data["certificates"] = [
-                asn1_cms.CertificateChoices.load(other.cert.public_bytes(Encoding.DER))
-            ]
+            signed_data["certificates"] = [asn1_cms.CertificateChoices.load(other.cert.public_bytes(Encoding.DER))]
 
-        self.assertCMSError(
-            "signer certificate not included", cms.verify, _rebuild(der, swap)
-        )
+        self.assertCMSError("signer certificate not included", cms.verify, _rebuild(der, swap))
 
     def test_extra_signer(self) -> None:
         """Two SignerInfos are refused: exactly one signer is expected."""
@@ -428,9 +399,7 @@ class CMSTests(_Base):
         der = cms.sign(CONTENT, signer.cert, signer.key, digest="sha256")
 
         def relabel(signed_data: asn1_cms.SignedData) -> None:
-            signed_data["signer_infos"][0]["signature_algorithm"] = (
-                algos.SignedDigestAlgorithm({"algorithm": "sha1_rsa"})
-            )
+            signed_data["signer_infos"][0]["signature_algorithm"] = algos.SignedDigestAlgorithm({"algorithm": "sha1_rsa"})
 
         self.assertCMSError(
             "signature and digest algorithms disagree",
@@ -459,12 +428,8 @@ class CMSTests(_Base):
         der = cms.sign(CONTENT, signer.cert, signer.key)
         self.assertCMSError("empty input", cms.verify, b"")
         self.assertCMSError("truncated DER", cms.verify, der[:-10])
-        self.assertCMSError(
-            "truncated DER", cms.verify, self.openssl_signed("-stream")[:-2]
-        )
-        self.assertCMSError(
-            "trailing data after the CMS structure", cms.verify, der + b"\0"
-        )
+        self.assertCMSError("truncated DER", cms.verify, self.openssl_signed("-stream")[:-2])
+        self.assertCMSError("trailing data after the CMS structure", cms.verify, der + b"\0")
         self.assertCMSError("input too large", cms.verify, b"\x30" * (17 * 1024 * 1024))
         self.assertCMSError("ASN.1 nesting too deep", cms.verify, b"\x30\x80" * 100_000)
 
@@ -506,8 +471,10 @@ class EnvelopeTests(_Base):
 
         def tlv(tag: int, body: bytes) -> bytes:
             length = len(body)
-            encoded = bytes([length]) if length < 128 else bytes([0x80 | ((length.bit_length() + 7) // 8)]) + length.to_bytes(
-                (length.bit_length() + 7) // 8, "big"
+            encoded = (
+                bytes([length])
+                if length < 128
+                else bytes([0x80 | ((length.bit_length() + 7) // 8)]) + length.to_bytes((length.bit_length() + 7) // 8, "big")
             )
             return bytes([tag]) + encoded + body
 
@@ -536,9 +503,7 @@ class EnvelopeTests(_Base):
         """otad decrypts openssl envelopes and reports the sender's cipher."""
         _, signer, _ = _pki()
         for cipher in ("aes128", "aes192", "aes256", "des3"):
-            decrypted = cms.decrypt(
-                self.openssl_encrypt(f"-{cipher}"), signer.cert, signer.key
-            )
+            decrypted = cms.decrypt(self.openssl_encrypt(f"-{cipher}"), signer.cert, signer.key)
             self.assertEqual(decrypted, cms.Decrypted(CONTENT, cipher))
 
     def test_decrypts_openssl_des(self) -> None:
@@ -546,12 +511,8 @@ class EnvelopeTests(_Base):
         if not _legacy_provider():
             self.fail("this openssl has no legacy provider for single DES; .ci/run installs Debian's openssl, which has it")
         _, signer, _ = _pki()
-        der = self.openssl_encrypt(
-            "-des", "-provider", "legacy", "-provider", "default"
-        )
-        self.assertEqual(
-            cms.decrypt(der, signer.cert, signer.key), cms.Decrypted(CONTENT, "des")
-        )
+        der = self.openssl_encrypt("-des", "-provider", "legacy", "-provider", "default")
+        self.assertEqual(cms.decrypt(der, signer.cert, signer.key), cms.Decrypted(CONTENT, "des"))
 
     def test_decrypts_handmade_des(self) -> None:
         """otad decrypts a single-DES envelope built here without openssl."""
@@ -565,9 +526,7 @@ class EnvelopeTests(_Base):
 
         def make_des(enveloped: asn1_cms.EnvelopedData) -> None:
             ktri = enveloped["recipient_infos"][0].chosen
-            ktri["encrypted_key"] = signer.key.public_key().encrypt(
-                key, padding.PKCS1v15()
-            )
+            ktri["encrypted_key"] = signer.key.public_key().encrypt(key, padding.PKCS1v15())
             enveloped["encrypted_content_info"] = {
                 "content_type": "data",
                 "content_encryption_algorithm": {
@@ -606,9 +565,7 @@ class EnvelopeTests(_Base):
     def test_fresh_keys(self) -> None:
         """Two envelopes of the same content differ (fresh key and IV each time)."""
         _, signer, _ = _pki()
-        self.assertNotEqual(
-            cms.encrypt(CONTENT, [signer.cert]), cms.encrypt(CONTENT, [signer.cert])
-        )
+        self.assertNotEqual(cms.encrypt(CONTENT, [signer.cert]), cms.encrypt(CONTENT, [signer.cert]))
 
     def test_refuses_des(self) -> None:
         """encrypt() refuses single DES and unknown ciphers."""
@@ -639,27 +596,19 @@ class EnvelopeTests(_Base):
         # flips the last padding byte, which can then never be valid.
         bad_padding = bytearray(der)
         bad_padding[-17] ^= 1
-        self.assertCMSError(
-            GENERIC, cms.decrypt, bytes(bad_padding), signer.cert, signer.key
-        )
+        self.assertCMSError(GENERIC, cms.decrypt, bytes(bad_padding), signer.cert, signer.key)
 
         def shorten(enveloped: asn1_cms.EnvelopedData) -> None:
             content_info = enveloped["encrypted_content_info"]
-            content_info["encrypted_content"] = content_info[
-                "encrypted_content"
-            ].native[:-1]
+            content_info["encrypted_content"] = content_info["encrypted_content"].native[:-1]
 
-        self.assertCMSError(
-            GENERIC, cms.decrypt, _rebuild(der, shorten), signer.cert, signer.key
-        )
+        self.assertCMSError(GENERIC, cms.decrypt, _rebuild(der, shorten), signer.cert, signer.key)
 
         def corrupt_key(enveloped: asn1_cms.EnvelopedData) -> None:
             ktri = enveloped["recipient_infos"][0].chosen
             ktri["encrypted_key"] = bytes(256)
 
-        self.assertCMSError(
-            GENERIC, cms.decrypt, _rebuild(der, corrupt_key), signer.cert, signer.key
-        )
+        self.assertCMSError(GENERIC, cms.decrypt, _rebuild(der, corrupt_key), signer.cert, signer.key)
 
     def test_not_a_recipient(self) -> None:
         """A certificate the envelope is not addressed to is named as such."""
@@ -684,9 +633,7 @@ class EnvelopeTests(_Base):
             signer.cert,
             signer.key,
         )
-        self.assertCMSError(
-            "truncated DER", cms.decrypt, der[:100], signer.cert, signer.key
-        )
+        self.assertCMSError("truncated DER", cms.decrypt, der[:100], signer.cert, signer.key)
         self.assertOnlyCMSErrors(der, cms.decrypt, signer.cert, signer.key)
 
 

@@ -88,7 +88,7 @@ class ConfigTests(unittest.TestCase):
             "[server]\nmax_body = lots\n": "[server] max_body",
             "[server]\nhostname = bad_name!\n": "[server] hostname",
             "[enrollment]\nidentifier = nodots\n": "[enrollment] identifier",
-            "[enrollment]\nrealm = a\"b\n": "[enrollment] realm",
+            '[enrollment]\nrealm = a"b\n': "[enrollment] realm",
             "[enrollment]\ndevice_attributes = SERIAL\n": "[enrollment] device_attributes",
         }
         for text, key in cases.items():

@@ -246,5 +246,3 @@ class DaemonTests(unittest.TestCase):
             self.assertIn("/nonexistent-dir", str(raised.exception))
 
         return ensureDeferred(run())
-
-

@@ -26,9 +26,7 @@ class ChainTests(_Base):
     def test_zentral_fixture(self) -> None:
         """A real macOS 13 phase-2 body (BER, SHA-1, no attributes) verifies."""
         verified = cms.verify(ZENTRAL.read_bytes())
-        self.assertIn(
-            b"<string>78897E40-F532-5DE0-A7DC-56BAC5CEEB9C</string>", verified.content
-        )
+        self.assertIn(b"<string>78897E40-F532-5DE0-A7DC-56BAC5CEEB9C</string>", verified.content)
         self.assertEqual(verified.digest, "sha1")
         self.assertEqual(dict(verified.attributes), {})
         self.assertEqual(len(verified.certificates), 4)
@@ -107,9 +105,7 @@ class ChainTests(_Base):
     def test_own_chain(self) -> None:
         """A leaf issued by an anchor chains in two steps, and an anchor in one."""
         ca, signer, _ = _pki()
-        self.assertEqual(
-            device_trust.verify_chain(signer.cert, [], [ca.cert]), [signer.cert, ca.cert]
-        )
+        self.assertEqual(device_trust.verify_chain(signer.cert, [], [ca.cert]), [signer.cert, ca.cert])
         self.assertEqual(device_trust.verify_chain(ca.cert, [], [ca.cert]), [ca.cert])
 
     def test_unrelated_ca(self) -> None:
@@ -164,13 +160,9 @@ class ChainTests(_Base):
         )
         self.assertUntrusted(
             "certificate in the chain is not yet valid",
-            lambda: device_trust.verify_chain(
-                signer.cert, [], [ca.cert], now=datetime(2000, 1, 1)
-            ),
+            lambda: device_trust.verify_chain(signer.cert, [], [ca.cert], now=datetime(2000, 1, 1)),
         )
-        path = device_trust.verify_chain(
-            signer.cert, [], [ca.cert], now=later, ignore_validity=True
-        )
+        path = device_trust.verify_chain(signer.cert, [], [ca.cert], now=later, ignore_validity=True)
         self.assertEqual(path, [signer.cert, ca.cert])
 
     def test_legacy_algorithms(self) -> None:
@@ -190,9 +182,7 @@ class ChainTests(_Base):
             "RSA key too small in the chain",
             lambda: device_trust.verify_chain(small.cert, [], [ca.cert]),
         )
-        self.assertEqual(
-            len(device_trust.verify_chain(small.cert, [], [ca.cert], allow_legacy=True)), 2
-        )
+        self.assertEqual(len(device_trust.verify_chain(small.cert, [], [ca.cert], allow_legacy=True)), 2)
 
     def test_cycle(self) -> None:
         """Two CAs that issued each other, neither trusted, end the search."""

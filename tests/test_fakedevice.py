@@ -131,9 +131,7 @@ def _issue(
         )
     )
     if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(list(san)), critical=False
-        )
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
     return builder.sign(signing_key, hashes.SHA256())
 
 
@@ -149,9 +147,7 @@ def server_pki() -> dict[str, tuple[x509.Certificate, rsa.RSAPrivateKey]]:
     The TLS certificate has SAN localhost + 127.0.0.1, like otad's; a second
     one names only otad.invalid, to show the device checks hostnames.
     """
-    keys = [
-        rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)
-    ]
+    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)]
     ca_key, tls_key, ra_key = keys
     ca_cert = _issue(_name("Stub Root CA"), ca_key.public_key(), None, ca_key, ca=True)
     ca = (ca_cert, ca_key)
@@ -188,16 +184,12 @@ def _pem(*certs: x509.Certificate) -> bytes:
 
 
 def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _openssl(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     """Run the openssl CLI (the independent oracle); never used on a live reactor."""
-    return subprocess.run(
-        ["openssl", *args], input=stdin, capture_output=True, check=False
-    )
+    return subprocess.run(["openssl", *args], input=stdin, capture_output=True, check=False)
 
 
 def _attr(oid: str, value: asn1_core.Asn1Value) -> tuple[str, bytes]:
@@ -210,9 +202,7 @@ def _signed_attrs(der: bytes) -> dict[str, Any]:
     attrs = signer_info["signed_attrs"]
     if attrs.native is None:
         return {}
-    return {
-        a["type"].dotted: asn1_core.Asn1Value.load(a["values"][0].dump()) for a in attrs
-    }
+    return {a["type"].dotted: asn1_core.Asn1Value.load(a["values"][0].dump()) for a in attrs}
 
 
 def _cert_rep(
@@ -241,15 +231,11 @@ def _cert_rep(
         _attr(OID_SCEP_SENDER_NONCE, asn1_core.OctetString(os.urandom(16))),
         _attr(
             OID_SCEP_RECIPIENT_NONCE,
-            asn1_core.OctetString(
-                request.sender_nonce if recipient_nonce is None else recipient_nonce
-            ),
+            asn1_core.OctetString(request.sender_nonce if recipient_nonce is None else recipient_nonce),
         ),
     ]
     if fail_info is not None:
-        attributes.append(
-            _attr(OID_SCEP_FAIL_INFO, asn1_core.PrintableString(fail_info))
-        )
+        attributes.append(_attr(OID_SCEP_FAIL_INFO, asn1_core.PrintableString(fail_info)))
     content = b""
     if issued:
         content = (
@@ -431,11 +417,7 @@ class _StubServer(resource.Resource):
             return b"AES\nSHA-256\nPOSTPKIOperation\n"
         if operation == b"GetCACert":
             request.setHeader(b"content-type", CONTENT_TYPE_CA_RA_CERT)
-            return bytes(
-                pkcs7.serialize_certificates(
-                    [server_pki()["ra"][0], server_pki()["ca"][0]], DER
-                )
-            )
+            return bytes(pkcs7.serialize_certificates([server_pki()["ra"][0], server_pki()["ca"][0]], DER))
         assert operation == b"PKIOperation"
         if request.method == b"POST":
             assert request.content is not None
@@ -450,28 +432,18 @@ class _StubServer(resource.Resource):
         request_view = PKIRequest(
             der=der,
             csr=csr,
-            transaction_id=asn1_core.PrintableString.load(
-                attrs[OID_SCEP_TRANSACTION_ID][0]
-            ).native,
-            sender_nonce=asn1_core.OctetString.load(
-                attrs[OID_SCEP_SENDER_NONCE][0]
-            ).native,
+            transaction_id=asn1_core.PrintableString.load(attrs[OID_SCEP_TRANSACTION_ID][0]).native,
+            sender_nonce=asn1_core.OctetString.load(attrs[OID_SCEP_SENDER_NONCE][0]).native,
             signer_cert=verified.signer,
             recipient=ra_cert,
             aes=True,
             digest=verified.digest_algorithm,
         )
-        password = csr.attributes.get_attribute_for_oid(
-            AttributeOID.CHALLENGE_PASSWORD
-        ).value
+        password = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD).value
         request.setHeader(b"content-type", CONTENT_TYPE_PKI_MESSAGE)
         if password != self.scep_challenge.encode():
-            return _cert_rep(
-                request_view, status="2", fail_info="2", signer=server_pki()["ra"]
-            )
-        return _cert_rep(
-            request_view, issued=[_issue_for(request_view)], signer=server_pki()["ra"]
-        )
+            return _cert_rep(request_view, status="2", fail_info="2", signer=server_pki()["ra"])
+        return _cert_rep(request_view, issued=[_issue_for(request_view)], signer=server_pki()["ra"])
 
 
 class _TrackingSite(server.Site):
@@ -542,14 +514,10 @@ class FakeDeviceTests(unittest.TestCase):
         cert, key = hierarchy.issue_device_identity("UDID-42")
         self.assertEqual(hierarchy.root.issuer, hierarchy.root.subject)
         self.assertEqual(hierarchy.root.public_key().key_size, 2048)
-        self.assertLess(
-            hierarchy.device_ca.not_valid_after_utc, datetime.datetime.now(UTC)
-        )
+        self.assertLess(hierarchy.device_ca.not_valid_after_utc, datetime.datetime.now(UTC))
         self.assertEqual(key.key_size, 1024)
         self.assertEqual(cert.signature_hash_algorithm.name, "sha1")  # type: ignore[union-attr]
-        self.assertEqual(
-            cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value, "UDID-42"
-        )
+        self.assertEqual(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value, "UDID-42")
         self.assertEqual(
             hierarchy.chain(),
             [hierarchy.device_ca, hierarchy.intermediate, hierarchy.root],
@@ -597,10 +565,7 @@ class FakeDeviceTests(unittest.TestCase):
         signer_info = signed_data["signer_infos"][0]
         self.assertIsNone(signer_info["signed_attrs"].native)
         self.assertEqual(signer_info["digest_algorithm"]["algorithm"].native, "sha1")
-        certs = [
-            x509.load_der_x509_certificate(c.chosen.dump())
-            for c in signed_data["certificates"]
-        ]
+        certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed_data["certificates"]]
         assert device.identity is not None
         self.assertEqual(set(certs), {device.identity[0], *apple().chain()})
         self.assertEqual(len(certs), 4)
@@ -634,9 +599,7 @@ class FakeDeviceTests(unittest.TestCase):
         """signed_attributes=True, SHA-256, DER: OpenSSL verifies it and the signer
         info carries contentType and messageDigest."""
         device = self._device()
-        body = device.phase2_body(
-            "c", signed_attributes=True, digest="sha256", ber=False
-        )
+        body = device.phase2_body("c", signed_attributes=True, digest="sha256", ber=False)
         path = self.tmp / "phase2-attrs.der"
         path.write_bytes(body)
         result = _openssl(
@@ -704,9 +667,7 @@ class FakeDeviceTests(unittest.TestCase):
         fixture = FIXTURES / "zentral" / "ota-phase2-macos13.der"
         if not fixture.exists():
             raise unittest.SkipTest("shared fixtures not present")
-        root = x509.load_pem_x509_certificate(
-            (FIXTURES / "apple" / "apple_root_ca.pem").read_bytes()
-        )
+        root = x509.load_pem_x509_certificate((FIXTURES / "apple" / "apple_root_ca.pem").read_bytes())
         content, signer = unwrap_signed(fixture.read_bytes(), root)
         self.assertIn("UDID", plistlib.loads(content))
         self.assertEqual(signer.signature_hash_algorithm.name, "sha1")  # type: ignore[union-attr]
@@ -725,9 +686,7 @@ class FakeDeviceTests(unittest.TestCase):
             (False, "-des3", "tripledes_3key"),
         ):
             ours = envelope(b"payload bytes", cert, aes=aes)
-            algorithm = cms.ContentInfo.load(ours)["content"]["encrypted_content_info"][
-                "content_encryption_algorithm"
-            ]["algorithm"].native
+            algorithm = cms.ContentInfo.load(ours)["content"]["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native
             self.assertEqual(algorithm, oid_name)
             result = _openssl(
                 "cms", "-decrypt", "-inform", "DER", "-recip", str(self.tmp / "ra.pem"),
@@ -747,19 +706,11 @@ class FakeDeviceTests(unittest.TestCase):
     def test_subject_from_payload(self) -> None:
         """Apple's array-of-arrays subject maps to RDNs (abbreviations and dotted
         OIDs); the "0" typo from Apple's sample is refused."""
-        name = subject_from_payload(
-            [[["O", "ACME Inc."]], [["CN", "x"], ["0.9.2342.19200300.100.1.25", "dc"]]]
-        )
+        name = subject_from_payload([[["O", "ACME Inc."]], [["CN", "x"], ["0.9.2342.19200300.100.1.25", "dc"]]])
         self.assertEqual(len(name.rdns), 2)
-        self.assertEqual(
-            name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value, "ACME Inc."
-        )
-        self.assertEqual(
-            name.get_attributes_for_oid(NameOID.DOMAIN_COMPONENT)[0].value, "dc"
-        )
-        self.assertRaises(
-            ProfileError, subject_from_payload, [[["0", "Example, Inc."]]]
-        )
+        self.assertEqual(name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value, "ACME Inc.")
+        self.assertEqual(name.get_attributes_for_oid(NameOID.DOMAIN_COMPONENT)[0].value, "dc")
+        self.assertRaises(ProfileError, subject_from_payload, [[["0", "Example, Inc."]]])
         self.assertRaises(ProfileError, subject_from_payload, [["CN", "flat"]])
 
     def test_pkcs_req_csr_has_subject_and_challenge(self) -> None:
@@ -768,9 +719,7 @@ class FakeDeviceTests(unittest.TestCase):
         request = _pkcs_req(key_usage=5)
         csr = request.csr
         self.assertTrue(csr.is_signature_valid)
-        self.assertEqual(
-            csr.subject.rfc4514_string(), "CN=Profile Service (device 1),O=ACME Inc."
-        )
+        self.assertEqual(csr.subject.rfc4514_string(), "CN=Profile Service (device 1),O=ACME Inc.")
         self.assertEqual(
             csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD).value,
             b"scep-challenge-1",
@@ -817,11 +766,7 @@ class FakeDeviceTests(unittest.TestCase):
         attrs = _signed_attrs(request.der)
         self.assertIsInstance(attrs[OID_SCEP_MESSAGE_TYPE], asn1_core.PrintableString)
         self.assertEqual(attrs[OID_SCEP_MESSAGE_TYPE].native, "19")
-        spki = (
-            device_key()
-            .public_key()
-            .public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
+        spki = device_key().public_key().public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.assertIsInstance(attrs[OID_SCEP_TRANSACTION_ID], asn1_core.PrintableString)
         self.assertEqual(
             attrs[OID_SCEP_TRANSACTION_ID].native,
@@ -833,9 +778,7 @@ class FakeDeviceTests(unittest.TestCase):
         self.assertEqual(request.signer_cert.issuer, request.signer_cert.subject)
         signer_info = cms.ContentInfo.load(request.der)["content"]["signer_infos"][0]
         self.assertEqual(signer_info["digest_algorithm"]["algorithm"].native, "sha256")
-        sha1 = cms.ContentInfo.load(_pkcs_req(sha256=False).der)["content"][
-            "signer_infos"
-        ][0]
+        sha1 = cms.ContentInfo.load(_pkcs_req(sha256=False).der)["content"]["signer_infos"][0]
         self.assertEqual(sha1["digest_algorithm"]["algorithm"].native, "sha1")
 
     # -- SCEP reply
@@ -845,9 +788,7 @@ class FakeDeviceTests(unittest.TestCase):
         request = _pkcs_req()
         issued = _issue_for(request)
         der = _cert_rep(request, issued=[server_pki()["ca"][0], issued])
-        cert = parse_cert_rep(
-            der, ca_certs=[server_pki()["ca"][0]], request=request, key=device_key()
-        )
+        cert = parse_cert_rep(der, ca_certs=[server_pki()["ca"][0]], request=request, key=device_key())
         self.assertEqual(cert, issued)
 
     def test_cert_rep_mismatches_are_refused(self) -> None:
@@ -893,9 +834,7 @@ class FakeDeviceTests(unittest.TestCase):
         """GetCACert: a single DER CA is the recipient; in a CA+RA bag the non-CA
         keyEncipherment certificate (the RA) is."""
         ca, ra = server_pki()["ca"][0], server_pki()["ra"][0]
-        self.assertEqual(
-            select_scep_certs(CONTENT_TYPE_CA_CERT, ca.public_bytes(DER)), (ca, [ca])
-        )
+        self.assertEqual(select_scep_certs(CONTENT_TYPE_CA_CERT, ca.public_bytes(DER)), (ca, [ca]))
         bag = pkcs7.serialize_certificates([ca, ra], DER)
         recipient, certs = select_scep_certs(CONTENT_TYPE_CA_RA_CERT, bag)
         self.assertEqual(recipient, ra)
@@ -940,9 +879,7 @@ class FakeDeviceTests(unittest.TestCase):
         site = _TrackingSite(stub)
         cert, key = server_pki()[identity]
         options = ssl.PrivateCertificate.loadPEM(_pem(cert) + _key_pem(key)).options()
-        port: IListeningPort = reactor.listenSSL(
-            0, site, options, interface="127.0.0.1"
-        )  # type: ignore[attr-defined]
+        port: IListeningPort = reactor.listenSSL(0, site, options, interface="127.0.0.1")  # type: ignore[attr-defined]
         base = f"https://127.0.0.1:{port.getHost().port}"
         stub.base = base
 
@@ -972,12 +909,7 @@ class FakeDeviceTests(unittest.TestCase):
         self.assertEqual(cert.subject, subject_from_payload(SUBJECT))
         self.assertIn((b"POST", b"/scep?operation=PKIOperation"), stub.seen)
         cert_get = await device.scep_enroll(scep_payload, use_get=True)
-        self.assertTrue(
-            any(
-                uri.startswith(b"/scep?operation=PKIOperation&message=")
-                for _, uri in stub.seen
-            )
-        )
+        self.assertTrue(any(uri.startswith(b"/scep?operation=PKIOperation&message=") for _, uri in stub.seen))
         self.assertEqual(device.scep_identity, (cert_get, device_key()))
         outer, payloads = await device.phase3()
         self.assertIn("EncryptedPayloadContent", outer)

@@ -155,12 +155,22 @@ class FirstContactTests(unittest.TestCase):
             certs = data_dir / "certs"
             ca_pem = (certs / "ca.pem").read_bytes()
             first = await threads.deferToThread(_served_certificate, daemon.port, ca_pem)
-            root = ca.Identity(x509.load_pem_x509_certificate(ca_pem),
-                               serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None))  # type: ignore[arg-type]
+            root = ca.Identity(
+                x509.load_pem_x509_certificate(ca_pem), serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+            )  # type: ignore[arg-type]
             key = serialization.load_pem_private_key((certs / "tls.key").read_bytes(), None)
-            ending = ca.issue(root, key.public_key(), first.subject, now=datetime.datetime.now(datetime.UTC),  # type: ignore[arg-type]
-                              lifetime=datetime.timedelta(days=10), extensions=[(e.value, e.critical) for e in first.extensions
-                                          if isinstance(e.value, (x509.SubjectAlternativeName, x509.ExtendedKeyUsage, x509.KeyUsage))])
+            ending = ca.issue(
+                root,
+                key.public_key(),
+                first.subject,
+                now=datetime.datetime.now(datetime.UTC),  # type: ignore[arg-type]
+                lifetime=datetime.timedelta(days=10),
+                extensions=[
+                    (e.value, e.critical)
+                    for e in first.extensions
+                    if isinstance(e.value, (x509.SubjectAlternativeName, x509.ExtendedKeyUsage, x509.KeyUsage))
+                ],
+            )
             (certs / "tls.pem").write_bytes(ending.public_bytes(serialization.Encoding.PEM))
             daemon.signal("HUP")
             renewal = b"certificates: renewed " + str(certs / "tls.pem").encode()
@@ -186,12 +196,19 @@ class FirstContactTests(unittest.TestCase):
             await own.start()
             await own.stop()
             certs = data_dir / "certs"
-            root = ca.Identity(x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()),
-                               serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None))  # type: ignore[arg-type]
+            root = ca.Identity(
+                x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()),
+                serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None),
+            )  # type: ignore[arg-type]
             key = serialization.load_pem_private_key((certs / "signing.key").read_bytes(), None)
-            long_lived = ca.issue(root, key.public_key(), x509.Name([]), now=datetime.datetime.now(datetime.UTC),  # type: ignore[arg-type]
-                                  lifetime=datetime.timedelta(days=900),
-                                  extensions=[(x509.SubjectAlternativeName([x509.DNSName("elsewhere.example")]), False)])
+            long_lived = ca.issue(
+                root,
+                key.public_key(),
+                x509.Name([]),
+                now=datetime.datetime.now(datetime.UTC),  # type: ignore[arg-type]
+                lifetime=datetime.timedelta(days=900),
+                extensions=[(x509.SubjectAlternativeName([x509.DNSName("elsewhere.example")]), False)],
+            )
             chain = long_lived.public_bytes(serialization.Encoding.PEM) + (certs / "ca.pem").read_bytes()
             (data_dir / "operator.pem").write_bytes(chain)
             listen = f"ssl:0:interface=127.0.0.1:certKey={data_dir / 'operator.pem'}:privateKey={certs / 'signing.key'}"
@@ -240,11 +257,15 @@ class FirstContactTests(unittest.TestCase):
             script = Path(sys.executable).parent / "otad-admin"
 
             def admin(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-                return subprocess.run([str(script), *argv, "--data-dir", str(data_dir)], input=stdin, capture_output=True,
-                                      check=False, timeout=60)
+                return subprocess.run(
+                    [str(script), *argv, "--data-dir", str(data_dir)], input=stdin, capture_output=True, check=False, timeout=60
+                )
 
-            for argv, stdin in ((("user", "add", "alice"), b"correct horse\n"), (("challenge", "create"), b""),
-                                (("user", "add", "apple"), b"changed\n")):
+            for argv, stdin in (
+                (("user", "add", "alice"), b"correct horse\n"),
+                (("challenge", "create"), b""),
+                (("user", "add", "apple"), b"changed\n"),
+            ):
                 result = await threads.deferToThread(admin, *argv, stdin=stdin)
                 self.assertEqual(result.returncode, 0, result.stderr)
             owners = {str(path.relative_to(data_dir)): (path.stat().st_uid, path.stat().st_gid) for path in data_dir.rglob("*")}

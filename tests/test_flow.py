@@ -76,8 +76,18 @@ class FlowTests(unittest.TestCase):
         )
         out, err, code = await getProcessOutputAndValue(
             "openssl",
-            ["cms", "-decrypt", "-inform", "DER", "-in", str(folder / "env.der"), "-recip", str(folder / "cert.pem"),
-             "-inkey", str(folder / "key.pem")],
+            [
+                "cms",
+                "-decrypt",
+                "-inform",
+                "DER",
+                "-in",
+                str(folder / "env.der"),
+                "-recip",
+                str(folder / "cert.pem"),
+                "-inkey",
+                str(folder / "key.pem"),
+            ],
             env={"PATH": "/usr/bin:/bin"},
         )
         self.assertEqual(code, 0, err)

@@ -62,9 +62,7 @@ class ListenerTests(unittest.TestCase):
     def test_checked_with_the_configuration(self) -> None:
         """A bad --listen is a ConfigError that names the option and the value, raised while loading the configuration."""
         error = self.assertRaises(config.ConfigError, config.load, None, {"listen": ("ssl:8443", "tcp:notaport")})
-        self.assertEqual(
-            str(error), "bad value for --listen: 'tcp:notaport': port must be a number from 0 to 65535, not 'notaport'"
-        )
+        self.assertEqual(str(error), "bad value for --listen: 'tcp:notaport': port must be a number from 0 to 65535, not 'notaport'")
         path = Path(self.mktemp())
         path.write_text("[server]\nlisten = bogus:1\n")
         error = self.assertRaises(config.ConfigError, config.load, path)

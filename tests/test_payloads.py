@@ -236,9 +236,7 @@ class PayloadsTests(TestCase):
             removal_disallowed=True,
         )
         self.assertEqual(validate(profile), [])
-        uuids = {profile["PayloadUUID"]} | {
-            p["PayloadUUID"] for p in profile["PayloadContent"]
-        }
+        uuids = {profile["PayloadUUID"]} | {p["PayloadUUID"] for p in profile["PayloadContent"]}
         self.assertEqual(len(uuids), 3)
         self.assertIs(profile["PayloadRemovalDisallowed"], True)
 
@@ -256,9 +254,7 @@ class PayloadsTests(TestCase):
             encrypted_content=b"\x30\x80cms",
         )
         self.assertNotIn("PayloadContent", profile)
-        self.assertRegex(
-            serialize(profile).decode(), r"<key>EncryptedPayloadContent</key>\s*<data>"
-        )
+        self.assertRegex(serialize(profile).decode(), r"<key>EncryptedPayloadContent</key>\s*<data>")
 
     def test_configuration_needs_exactly_one_content(self) -> None:
         """configuration_profile refuses both or neither of content and encrypted_content."""
@@ -300,12 +296,8 @@ class PayloadsTests(TestCase):
         """serialize_payloads refuses a payload missing its PayloadIdentifier, naming the index."""
         payload = _webclip()
         del payload["PayloadIdentifier"]
-        error = self.assertRaises(
-            ProfileInvalid, serialize_payloads, [_scep(), payload]
-        )
-        self.assertEqual(
-            str(error), "error: [1].PayloadIdentifier: missing required key"
-        )
+        error = self.assertRaises(ProfileInvalid, serialize_payloads, [_scep(), payload])
+        self.assertEqual(str(error), "error: [1].PayloadIdentifier: missing required key")
 
     def test_serialize_refuses_errors(self) -> None:
         """serialize raises ProfileInvalid whose message is the first error and keeps all findings."""
@@ -383,12 +375,8 @@ class ValidatorTests(TestCase):
 
     def test_finding_str(self) -> None:
         """A finding reads as 'level: path: message'."""
-        finding = Finding(
-            "error", "PayloadContent[0].PayloadUUID", "missing required key"
-        )
-        self.assertEqual(
-            str(finding), "error: PayloadContent[0].PayloadUUID: missing required key"
-        )
+        finding = Finding("error", "PayloadContent[0].PayloadUUID", "missing required key")
+        self.assertEqual(str(finding), "error: PayloadContent[0].PayloadUUID: missing required key")
 
     def test_scep_key_spellings(self) -> None:
         """KeyType, KeyUsage and KeySize are errors that name Apple's spelling."""
@@ -508,10 +496,7 @@ class ValidatorTests(TestCase):
             [
                 (
                     "PayloadType",
-                    (
-                        "top-level PayloadType must be Configuration or Profile Service, "
-                        "not 'com.apple.webClip.managed'"
-                    ),
+                    ("top-level PayloadType must be Configuration or Profile Service, not 'com.apple.webClip.managed'"),
                 )
             ],
         )
@@ -532,9 +517,7 @@ class ValidatorTests(TestCase):
             ],
         )
         self.assertEqual(
-            plistlib.loads(serialize(_configuration([payload])))["PayloadContent"][0][
-                "Colour"
-            ],
+            plistlib.loads(serialize(_configuration([payload])))["PayloadContent"][0]["Colour"],
             "red",
         )
 

@@ -269,13 +269,27 @@ class Phase3InMemoryTests(unittest.TestCase):
         key = memory.authority.ra.key
         now = memory.clock.seconds()
         cert = issue_client_certificate(
-            memory.authority.root, key.public_key(), x509.Name([]), x509.Extensions([]), udid=UDID, serial=12345,
-            now=datetime.datetime.fromtimestamp(now, datetime.UTC), lifetime=datetime.timedelta(days=1),
+            memory.authority.root,
+            key.public_key(),
+            x509.Name([]),
+            x509.Extensions([]),
+            udid=UDID,
+            serial=12345,
+            now=datetime.datetime.fromtimestamp(now, datetime.UTC),
+            lifetime=datetime.timedelta(days=1),
         )
         memory.store.call(
             lambda store: store.add_certificate(
-                serial=serial_hex(cert.serial_number), udid=UDID, subject="", not_before=now - 60, not_after=now + 3600,
-                der=cert.public_bytes(serialization.Encoding.DER), csr=None, challenge_id=None, transaction_id=None, now=now,
+                serial=serial_hex(cert.serial_number),
+                udid=UDID,
+                subject="",
+                not_before=now - 60,
+                not_after=now + 3600,
+                der=cert.public_bytes(serialization.Encoding.DER),
+                csr=None,
+                challenge_id=None,
+                transaction_id=None,
+                now=now,
             )
         )
         body = sign_cms(plistlib.dumps({"UDID": UDID}), cert, key, digest="sha256", signed_attributes=(), certificates=[cert])
@@ -284,4 +298,3 @@ class Phase3InMemoryTests(unittest.TestCase):
         self.assertIn(b"invalid profile", reason)
         self.assertEqual(memory.events()[0].outcome, "error")
         self.assertEqual(self.successResultOf(memory.store.call(lambda store: store.delivery_count(serial_hex(12345)))), 0)
-

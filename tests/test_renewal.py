@@ -31,8 +31,18 @@ def _copy_certs(target: Path) -> Path:
 
 def _loader(certs_dir: Path) -> Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], ca.Authority]:
     def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> ca.Authority:
-        return ca.bootstrap(certs_dir, hostname="localhost", organization="Test Org", common_name="Test Org otad Root CA",
-                            ca_key_size=3072, now=now, report=report, warn=warn, create=False)
+        return ca.bootstrap(
+            certs_dir,
+            hostname="localhost",
+            organization="Test Org",
+            common_name="Test Org otad Root CA",
+            ca_key_size=3072,
+            now=now,
+            report=report,
+            warn=warn,
+            create=False,
+        )
+
     return load
 
 
@@ -61,7 +71,13 @@ class CertificateKeeperTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(datetime.datetime.now(datetime.UTC).timestamp())
         self.keeper = renewal.CertificateKeeper(
-            self.authority, _loader(self.certs_dir), self.served, [], "localhost", InlinePool(None, "inline", 1), self.clock  # type: ignore[arg-type]
+            self.authority,
+            _loader(self.certs_dir),
+            self.served,
+            [],
+            "localhost",
+            InlinePool(None, "inline", 1),
+            self.clock,  # type: ignore[arg-type]
         )
 
     def test_daily_check_renews_and_serves(self) -> None:
@@ -117,8 +133,13 @@ class CertificateKeeperTests(unittest.TestCase):
         served = tls.ServerTLS(*renewal.load_operator_tls(listener))
         self.assertEqual(len(served.chain), 2)
         keeper = renewal.CertificateKeeper(
-            self.authority, _loader(self.certs_dir), None, [renewal.OperatorTLS(listener, served)], "otad.example.com",
-            InlinePool(None, "inline", 1), self.clock,  # type: ignore[arg-type]
+            self.authority,
+            _loader(self.certs_dir),
+            None,
+            [renewal.OperatorTLS(listener, served)],
+            "otad.example.com",
+            InlinePool(None, "inline", 1),
+            self.clock,  # type: ignore[arg-type]
         )
         fresh = ca.issue(root, key.public_key(), x509.Name([]), now=NOW + 60 * DAY, lifetime=90 * DAY)
         write(fresh)
@@ -135,10 +156,18 @@ class ServerTLSTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         number = port.getHost().port
         # Issued now, not at the fixed NOW: the client checks the dates.
-        renewed = ca.issue(own.root, own.tls.key.public_key(), own.tls.cert.subject, now=datetime.datetime.now(datetime.UTC),
-                           lifetime=30 * DAY,
-                           extensions=[(ext.value, ext.critical) for ext in own.tls.cert.extensions
-                                       if isinstance(ext.value, (x509.SubjectAlternativeName, x509.ExtendedKeyUsage))])
+        renewed = ca.issue(
+            own.root,
+            own.tls.key.public_key(),
+            own.tls.cert.subject,
+            now=datetime.datetime.now(datetime.UTC),
+            lifetime=30 * DAY,
+            extensions=[
+                (ext.value, ext.critical)
+                for ext in own.tls.cert.extensions
+                if isinstance(ext.value, (x509.SubjectAlternativeName, x509.ExtendedKeyUsage))
+            ],
+        )
 
         async def run() -> None:
             first = await threads.deferToThread(_served_certificate, number, own.root.cert)

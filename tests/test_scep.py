@@ -81,9 +81,7 @@ def _capture_ca() -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
         # The micromdm test CA's countryName is "USA"; cryptography warns about it.
         warnings.simplefilter("ignore", UserWarning)
         cert = x509.load_pem_x509_certificate((DATA / "testca" / "ca.pem").read_bytes())
-    key = load_pem_private_key(
-        (DATA / "testca" / "ca-key-nopass.pem").read_bytes(), None
-    )
+    key = load_pem_private_key((DATA / "testca" / "ca-key-nopass.pem").read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return cert, key
 
@@ -92,16 +90,12 @@ def _printable(text: str) -> bytes:
     return bytes(core.PrintableString(text).dump())
 
 
-def _request(
-    attributes: list[tuple[str, bytes]], content: bytes = b"unused envelope"
-) -> bytes:
+def _request(attributes: list[tuple[str, bytes]], content: bytes = b"unused envelope") -> bytes:
     cert, key = _requester()
     return cms.sign(content, cert, key, attributes=attributes)
 
 
-def _scep_attributes(
-    message_type: str = "19", nonce: bytes = b"n" * 16
-) -> list[tuple[str, bytes]]:
+def _scep_attributes(message_type: str = "19", nonce: bytes = b"n" * 16) -> list[tuple[str, bytes]]:
     return [
         (MESSAGE_TYPE, _printable(message_type)),
         (TRANSACTION_ID, _printable("0123abcd")),
@@ -117,14 +111,10 @@ def _csr(
     builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("device.example")]), False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("device.example")]), False)
     )
     if challenge is not None:
-        builder = builder.add_attribute(
-            AttributeOID.CHALLENGE_PASSWORD, challenge, _tag=tag
-        )
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge, _tag=tag)
     return builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
 
 
@@ -136,10 +126,7 @@ def _signed_attributes(der: bytes) -> dict[str, list[Any]]:
     """The CertRep's signed attributes, decoded by asn1crypto independently of otad."""
     signer_info = asn1_cms.ContentInfo.load(der)["content"]["signer_infos"][0]
     return {
-        attribute["type"].dotted: [
-            core.load(value.dump()) for value in attribute["values"]
-        ]
-        for attribute in signer_info["signed_attrs"]
+        attribute["type"].dotted: [core.load(value.dump()) for value in attribute["values"]] for attribute in signer_info["signed_attrs"]
     }
 
 
@@ -177,9 +164,7 @@ class SCEPTests(TestCase):
         self.assertEqual(opened.cipher, "des3")
         csr = scep.parse_csr(opened.content)
         self.assertEqual(csr.version, 2)
-        self.assertEqual(
-            csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value, CAPTURE_CN
-        )
+        self.assertEqual(csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value, CAPTURE_CN)
         self.assertIsNone(csr.challenge)
         self.assertEqual(csr.der, opened.content)
         assert isinstance(csr.public_key, rsa.RSAPublicKey)
@@ -239,13 +224,9 @@ class SCEPTests(TestCase):
         csr = scep.parse_csr(_csr(_key(1)))
         self.assertIsNone(csr.challenge)
         self.assertEqual(csr.public_key, _key(1).public_key())
-        self.assertEqual(
-            csr.subject, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
-        )
+        self.assertEqual(csr.subject, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
         names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        self.assertEqual(
-            names.value.get_values_for_type(x509.DNSName), ["device.example"]
-        )
+        self.assertEqual(names.value.get_values_for_type(x509.DNSName), ["device.example"])
 
     def test_csr_ecdsa(self) -> None:
         """An ECDSA-signed CSR verifies too."""
@@ -258,12 +239,8 @@ class SCEPTests(TestCase):
         """Junk, truncation and oversized input are refused as badRequest."""
         der = _csr(_key(1))
         for junk in (b"", b"\x30\x03abc", der[:-5], os.urandom(300)):
-            self.assertSCEPError(
-                "malformed CSR", scep.FailInfo.badRequest, scep.parse_csr, junk
-            )
-        self.assertSCEPError(
-            "CSR too large", scep.FailInfo.badRequest, scep.parse_csr, b"\x30" * 70_000
-        )
+            self.assertSCEPError("malformed CSR", scep.FailInfo.badRequest, scep.parse_csr, junk)
+        self.assertSCEPError("CSR too large", scep.FailInfo.badRequest, scep.parse_csr, b"\x30" * 70_000)
 
     def test_tampered_message(self) -> None:
         """A PKIMessage that does not verify is badMessageCheck, with the CMS reason."""
@@ -299,12 +276,8 @@ class SCEPTests(TestCase):
         """Missing or ill-formed SCEP attributes are refused as badRequest."""
         bad = scep.FailInfo.badRequest
         attributes = _scep_attributes()
-        self.assertSCEPError(
-            "missing messageType", bad, scep.parse_pki_message, _request([])
-        )
-        self.assertSCEPError(
-            "missing senderNonce", bad, scep.parse_pki_message, _request(attributes[:2])
-        )
+        self.assertSCEPError("missing messageType", bad, scep.parse_pki_message, _request([]))
+        self.assertSCEPError("missing senderNonce", bad, scep.parse_pki_message, _request(attributes[:2]))
         self.assertSCEPError(
             "missing transactionID",
             bad,
@@ -348,9 +321,7 @@ class SCEPTests(TestCase):
         """A GetCert IssuerAndSerialNumber reads back as the certificate's issuer and serial."""
         ca_cert, _ = _ca()
         issued = _cert("issued", _key(1), _ca())
-        payload = _sequence(
-            issued.issuer.public_bytes(), core.Integer(issued.serial_number).dump()
-        )
+        payload = _sequence(issued.issuer.public_bytes(), core.Integer(issued.serial_number).dump())
         self.assertEqual(
             scep.parse_issuer_and_serial(payload),
             (ca_cert.subject, issued.serial_number),
@@ -372,9 +343,7 @@ class SCEPTests(TestCase):
             ]
         )
         payload = _sequence(ca_cert.subject.public_bytes(), subject.public_bytes())
-        self.assertEqual(
-            scep.parse_issuer_and_subject(payload), (ca_cert.subject, subject)
-        )
+        self.assertEqual(scep.parse_issuer_and_subject(payload), (ca_cert.subject, subject))
         self.assertSCEPError(
             "malformed IssuerAndSubject",
             scep.FailInfo.badRequest,
@@ -483,9 +452,7 @@ class SCEPTests(TestCase):
         )
         attributes = _signed_attributes(der)
         self.assertEqual(attributes[PKI_STATUS], [core.PrintableString("3")])
-        self.assertEqual(
-            attributes[TRANSACTION_ID], [core.PrintableString(CAPTURE_TRANSACTION)]
-        )
+        self.assertEqual(attributes[TRANSACTION_ID], [core.PrintableString(CAPTURE_TRANSACTION)])
         self.assertEqual(
             attributes[RECIPIENT_NONCE],
             [core.OctetString(bytes.fromhex("ae7fe8816cc6bedd"))],
@@ -509,9 +476,7 @@ class SCEPTests(TestCase):
         algorithm = envelope["encrypted_content_info"]["content_encryption_algorithm"]
         self.assertEqual(algorithm["algorithm"].dotted, "1.2.840.113549.3.7")
         recipient = envelope["recipient_infos"][0].chosen["rid"].chosen
-        self.assertEqual(
-            recipient["serial_number"].native, request.signer.serial_number
-        )
+        self.assertEqual(recipient["serial_number"].native, request.signer.serial_number)
 
     def test_cert_rep_refusals(self) -> None:
         """build_cert_rep refuses single DES and inconsistent status arguments."""

@@ -45,7 +45,11 @@ class SCEPApprovalTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(2_000_000_000)
         self.responder = SCEPResponder(
-            self.settings, authority(), self.store, InlinePool(None, "inline", 1), self.clock,  # type: ignore[arg-type]
+            self.settings,
+            authority(),
+            self.store,
+            InlinePool(None, "inline", 1),
+            self.clock,  # type: ignore[arg-type]
             IssuedCertificates(authority(), self.store),
         )
         self.key = client_key()
@@ -63,8 +67,11 @@ class SCEPApprovalTests(unittest.TestCase):
 
     def pkcs_req(self, challenge: str) -> PKIRequest:
         return build_pkcs_req(
-            self.key, self.signer[0], authority().ra.cert,
-            subject=[[["CN", "approval-test"]]], challenge=challenge,
+            self.key,
+            self.signer[0],
+            authority().ra.cert,
+            subject=[[["CN", "approval-test"]]],
+            challenge=challenge,
         )
 
     def poll(self, request: PKIRequest) -> tuple[PKIRequest, bytes]:
@@ -150,5 +157,3 @@ def _length(length: int) -> bytes:
         return bytes([length])
     size = (length.bit_length() + 7) // 8
     return bytes([0x80 | size]) + length.to_bytes(size, "big")
-
-

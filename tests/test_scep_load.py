@@ -113,9 +113,7 @@ async def build_requests(
         built = []
         for index in range(count):
             cert, key = keys[index % len(keys)]
-            request = build_pkcs_req(
-                key, cert, recipient, subject=SUBJECT, challenge=challenge, transaction_id=f"{prefix}-{index:05d}"
-            )
+            request = build_pkcs_req(key, cert, recipient, subject=SUBJECT, challenge=challenge, transaction_id=f"{prefix}-{index:05d}")
             built.append((request, key))
         return built
 
@@ -179,8 +177,14 @@ def cert_poll(request: PKIRequest, key: rsa.RSAPrivateKey, issuer: x509.Name) ->
         ],
     )
     return PKIRequest(
-        der=poll, csr=request.csr, transaction_id=request.transaction_id, sender_nonce=nonce,
-        signer_cert=request.signer_cert, recipient=request.recipient, aes=True, digest="sha256",
+        der=poll,
+        csr=request.csr,
+        transaction_id=request.transaction_id,
+        sender_nonce=nonce,
+        signer_cert=request.signer_cert,
+        recipient=request.recipient,
+        aes=True,
+        digest="sha256",
     )
 
 

@@ -192,13 +192,26 @@ class SCEPResponderTests(unittest.TestCase):
             return str(refused)
 
     def request(
-        self, challenge: str | None, *, index: int = 0, bits: int = 2048, aes: bool = True, sha256: bool = True,
+        self,
+        challenge: str | None,
+        *,
+        index: int = 0,
+        bits: int = 2048,
+        aes: bool = True,
+        sha256: bool = True,
         transaction_id: str | None = None,
     ) -> PKIRequest:
         key = _key(index, bits)
         signer = _signer(index) if bits == 2048 else self_signed_identity("SCEP SIGNER", key=key)
         return build_pkcs_req(
-            key, signer[0], self.authority.ra.cert, subject=SUBJECT, challenge=challenge, key_usage=5, aes=aes, sha256=sha256,
+            key,
+            signer[0],
+            self.authority.ra.cert,
+            subject=SUBJECT,
+            challenge=challenge,
+            key_usage=5,
+            aes=aes,
+            sha256=sha256,
             transaction_id=transaction_id,
         )
 
@@ -368,7 +381,12 @@ class SCEPResponderTests(unittest.TestCase):
                 enveloped = pkcs7.PKCS7EnvelopeBuilder().set_data(csr.public_bytes(serialization.Encoding.DER))
                 enveloped = enveloped.add_recipient(self.authority.ra.cert).set_content_encryption_algorithm(algorithms.AES128)
                 request = _pki_message(
-                    "19", b"", _signer(0), self.authority.ra.cert, transaction_id="AES128", csr=csr,
+                    "19",
+                    b"",
+                    _signer(0),
+                    self.authority.ra.cert,
+                    transaction_id="AES128",
+                    csr=csr,
                     enveloped=enveloped.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]),
                 )
                 aes128_request.append(request)
@@ -440,8 +458,11 @@ class SCEPResponderTests(unittest.TestCase):
         from otad.ca import issue
 
         unrecorded = issue(
-            self.authority.root, _key(2).public_key(), x509.Name.from_rfc4514_string("CN=ghost"),
-            now=datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC), lifetime=YEAR,
+            self.authority.root,
+            _key(2).public_key(),
+            x509.Name.from_rfc4514_string("CN=ghost"),
+            now=datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC),
+            lifetime=YEAR,
         )
         rep, _ = self.reply(self.renewal((unrecorded, _key(2)), _key(1), "RENEW-GHOST"), (unrecorded, _key(2)))
         self.assertEqual((rep.pki_status, rep.fail_info), ("2", BAD_REQUEST))
@@ -456,7 +477,10 @@ class SCEPResponderTests(unittest.TestCase):
         cert = self.issued(request, _key(0))
         subject = x509.Name.from_rfc4514_string("CN=device,O=Test Org")
         poll = _pki_message(
-            "20", _issuer_and_subject(self.authority.root.cert.subject, subject), _signer(0), self.authority.ra.cert,
+            "20",
+            _issuer_and_subject(self.authority.root.cert.subject, subject),
+            _signer(0),
+            self.authority.ra.cert,
             transaction_id=request.transaction_id,
         )
         rep, certs = self.reply(poll, _signer(0))
@@ -464,7 +488,10 @@ class SCEPResponderTests(unittest.TestCase):
         self.assertEqual([c.public_bytes(serialization.Encoding.DER) for c in certs], [cert.public_bytes(serialization.Encoding.DER)])
 
         unknown = _pki_message(
-            "20", _issuer_and_subject(self.authority.root.cert.subject, subject), _signer(0), self.authority.ra.cert,
+            "20",
+            _issuer_and_subject(self.authority.root.cert.subject, subject),
+            _signer(0),
+            self.authority.ra.cert,
             transaction_id="NO-SUCH-TRANSACTION",
         )
         rep, _ = self.reply(unknown, _signer(0))
@@ -477,9 +504,7 @@ class SCEPResponderTests(unittest.TestCase):
         root = self.authority.root.cert
 
         def get_cert(issuer: x509.Name, serial: int, transaction_id: str) -> tuple[CertRep, list[x509.Certificate]]:
-            payload = asn1_cms.IssuerAndSerialNumber(
-                {"issuer": asn1_x509.Name.load(issuer.public_bytes()), "serial_number": serial}
-            ).dump()
+            payload = asn1_cms.IssuerAndSerialNumber({"issuer": asn1_x509.Name.load(issuer.public_bytes()), "serial_number": serial}).dump()
             return self.reply(_pki_message("21", payload, (cert, key), self.authority.ra.cert, transaction_id=transaction_id), (cert, key))
 
         rep, certs = get_cert(root.subject, cert.serial_number, "GETCERT-1")

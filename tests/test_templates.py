@@ -98,9 +98,7 @@ class TemplatesTests(TestCase):
         [template] = load_templates(self.directory({"Intranet.mobileconfig": exported}))
         self.assertEqual(template.name, "Intranet.mobileconfig")
         self.assertEqual(len(template.payloads), 1)
-        self.assertEqual(
-            template.payloads[0]["PayloadIdentifier"], "com.example.otad.webclip"
-        )
+        self.assertEqual(template.payloads[0]["PayloadIdentifier"], "com.example.otad.webclip")
 
     def test_sorted_and_filtered(self) -> None:
         """Only .plist and .mobileconfig files load, in file-name order."""
@@ -142,9 +140,7 @@ class TemplatesTests(TestCase):
         """A PKCS#12 payload holding <string> instead of <data> is refused."""
         directory = self.directory({"p12.plist": [_pkcs12("MIIKAQIBAzCCCcc=")]})
         error = self.assertRaises(TemplateError, load_templates, directory)
-        self.assertEqual(
-            str(error), "p12.plist: [0].PayloadContent: must be <data>, not <string>"
-        )
+        self.assertEqual(str(error), "p12.plist: [0].PayloadContent: must be <data>, not <string>")
 
     def test_unknown_variable_refused(self) -> None:
         """An unknown $NAME (or ${NAME}) in a string is refused with its key path."""
@@ -161,13 +157,9 @@ class TemplatesTests(TestCase):
 
     def test_signed_refused(self) -> None:
         """A signed .mobileconfig (DER, starting with a SEQUENCE) is refused."""
-        directory = self.directory(
-            {"signed.mobileconfig": b"\x30\x80\x06\x09*\x86H\x86\xf7\r\x01\x07\x02"}
-        )
+        directory = self.directory({"signed.mobileconfig": b"\x30\x80\x06\x09*\x86H\x86\xf7\r\x01\x07\x02"})
         error = self.assertRaises(TemplateError, load_templates, directory)
-        self.assertEqual(
-            str(error), "signed.mobileconfig: signed .mobileconfig: export it unsigned"
-        )
+        self.assertEqual(str(error), "signed.mobileconfig: signed .mobileconfig: export it unsigned")
 
     def test_not_plist_refused(self) -> None:
         """Bytes that are not a property list are refused with the file name."""
@@ -238,20 +230,14 @@ class TemplatesTests(TestCase):
         other = Template(name="99-default.plist", payloads=(), match={})
         templates = [ipad, ios17, other]
         self.assertIs(select(templates, {"PRODUCT": "iPad8,1"}), ipad)
-        self.assertIs(
-            select(templates, {"PRODUCT": "iPhone15,2", "VERSION": "21A329"}), ios17
-        )
-        self.assertIs(
-            select(templates, {"PRODUCT": "iPhone15,2", "VERSION": "20G75"}), other
-        )
+        self.assertIs(select(templates, {"PRODUCT": "iPhone15,2", "VERSION": "21A329"}), ios17)
+        self.assertIs(select(templates, {"PRODUCT": "iPhone15,2", "VERSION": "20G75"}), other)
         self.assertIs(select(templates, {"PRODUCT": "iPhone15,2"}), other)
 
     def test_select_no_match(self) -> None:
         """Without a fitting template select raises TemplateError naming the attribute."""
         ipad = Template(name="ipad.plist", payloads=(), match={"PRODUCT": "iPad"})
-        error = self.assertRaises(
-            TemplateError, select, [ipad], {"PRODUCT": "iPhone10,4"}
-        )
+        error = self.assertRaises(TemplateError, select, [ipad], {"PRODUCT": "iPhone10,4"})
         self.assertIn("PRODUCT='iPhone10,4'", str(error))
 
     def test_select_non_string_attribute(self) -> None:
@@ -261,12 +247,8 @@ class TemplatesTests(TestCase):
 
     def test_needs_scep_challenge(self) -> None:
         """Only templates that use $SCEP_CHALLENGE (not the escaped $$SCEP_CHALLENGE) need one."""
-        uses = Template(
-            name="a", payloads=(_webclip(Label="${SCEP_CHALLENGE}"),), match={}
-        )
-        escaped = Template(
-            name="b", payloads=(_webclip(Label="$$SCEP_CHALLENGE"),), match={}
-        )
+        uses = Template(name="a", payloads=(_webclip(Label="${SCEP_CHALLENGE}"),), match={})
+        escaped = Template(name="b", payloads=(_webclip(Label="$$SCEP_CHALLENGE"),), match={})
         self.assertTrue(needs_scep_challenge(uses))
         self.assertFalse(needs_scep_challenge(escaped))
 
@@ -275,9 +257,7 @@ class TemplatesTests(TestCase):
         [template] = load_templates(DEFAULT_DIRECTORY)
         self.assertEqual(template.match, {})
         self.assertTrue(needs_scep_challenge(template))
-        payloads = render(
-            template, {name: f"value-{name}" for name in VARIABLES} | VALUES
-        )
+        payloads = render(template, {name: f"value-{name}" for name in VARIABLES} | VALUES)
         self.assertEqual(validate_payloads(payloads), [])
         webclip, scep = payloads
         self.assertEqual(webclip["PayloadType"], "com.apple.webClip.managed")

@@ -16,4 +16,3 @@ class RootCertificate(MethodResource):
         request.setHeader(b"content-type", b"application/x-x509-ca-cert")
         request.setHeader(b"content-disposition", b'attachment; filename="ca.der"')
         return self._der
-

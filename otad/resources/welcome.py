@@ -46,4 +46,3 @@ class WelcomePage(MethodResource):
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
         return self._body
-
