@@ -49,6 +49,7 @@ __all__ = [
     "read_certs_only",
     "sign",
     "sign_profile",
+    "single_attribute",
     "verify",
 ]
 
@@ -266,10 +267,11 @@ def _read_attributes(attribute_set: bytes) -> dict[str, tuple[bytes, ...]]:
         return attributes
 
 
-def _single(attributes: Mapping[str, tuple[bytes, ...]], oid: str, name: str) -> bytes:
+def single_attribute(attributes: Mapping[str, tuple[bytes, ...]], oid: str, name: str) -> bytes:
+    """The one value of a signed attribute (as ``Verified.attributes`` holds them); CMSError if absent or repeated."""
     values = attributes.get(oid)
     if values is None:
-        raise CMSError(f"signed attributes lack {name}")
+        raise CMSError(f"missing {name}")
     if len(values) != 1:
         raise CMSError(f"{name} must have exactly one value")
     return values[0]
@@ -284,14 +286,8 @@ def _algorithm(digest: str, rsa_encryption_oid: bool) -> tuple[str, str]:
 
 
 def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
-    seen: set[bytes] = set()
-    unique = []
-    for cert in certs:
-        der = _der(cert)
-        if der not in seen:
-            seen.add(der)
-            unique.append(cert)
-    return unique
+    """``certs`` without repeats (by DER), in their first order."""
+    return list({_der(cert): cert for cert in certs}.values())
 
 
 def _certificate_set(certs: Sequence[x509.Certificate]) -> list[cms.CertificateChoices]:
@@ -422,10 +418,10 @@ def _verify_signed_data(signed_data: cms.SignedData) -> Verified:
         # over the received bytes re-tagged as a SET rather than over a re-encoding.
         signed = bytes(signed_attrs.untag().dump())
         attributes = _read_attributes(signed)
-        content_type = _single(attributes, _CONTENT_TYPE, "contentType")
+        content_type = single_attribute(attributes, _CONTENT_TYPE, "contentType")
         if core.ObjectIdentifier.load(content_type, strict=True).dotted != (encapsulated["content_type"].dotted):
             raise SignatureInvalid("contentType attribute does not match the content")
-        message_digest = _single(attributes, _MESSAGE_DIGEST, "messageDigest")
+        message_digest = single_attribute(attributes, _MESSAGE_DIGEST, "messageDigest")
         if core.OctetString.load(message_digest, strict=True).native != _digest_of(content, digest):
             raise SignatureInvalid("message digest does not match the content")
 

@@ -38,17 +38,6 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
-    seen: set[bytes] = set()
-    unique = []
-    for cert in certs:
-        der = _der(cert)
-        if der not in seen:
-            seen.add(der)
-            unique.append(cert)
-    return unique
-
-
 def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
     if now < cert.not_valid_before_utc:
         return "certificate in the chain is not yet valid"
@@ -194,7 +183,7 @@ def verify_chain(
     elif now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     search = _PathSearch(
-        pool=_unique([*certs, *anchors]),
+        pool=list({_der(cert): cert for cert in (*certs, *anchors)}.values()),
         anchors={_der(anchor) for anchor in anchors},
         now=None if ignore_validity else now,
         allow_legacy=allow_legacy,

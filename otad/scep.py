@@ -180,12 +180,10 @@ def _malformed(what: str) -> Iterator[None]:
 
 
 def _value(attributes: Mapping[str, tuple[bytes, ...]], oid: str, name: str) -> bytes:
-    values = attributes.get(oid)
-    if values is None:
-        raise SCEPError(f"missing {name}")
-    if len(values) != 1:
-        raise SCEPError(f"{name} must have exactly one value")
-    return values[0]
+    try:
+        return cms.single_attribute(attributes, oid, name)
+    except cms.CMSError as error:
+        raise SCEPError(str(error)) from None
 
 
 def _string(der: bytes, name: str) -> str:
