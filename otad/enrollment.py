@@ -7,7 +7,6 @@ HTTP; this module knows no HTTP, and does its RSA work on the crypto pool.
 from __future__ import annotations
 
 import datetime
-import plistlib
 import re
 import secrets
 import string
@@ -21,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from otad import cms, payloads, templates, tokens
+from otad import cms, device_attributes, payloads, templates, tokens
 from otad.ca import Authority, generate_key, issue_client_certificate, serial_hex
 from otad.config import Config
 from otad.device_trust import DeviceTrust, UntrustedDevice
@@ -29,7 +28,6 @@ from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates, Provenance
 from otad.pool import WorkerPool
 from otad.store import ChallengeRefused, DuplicateSerial, Store, StoreThread
-from otad.udid import is_udid
 
 log = Logger()
 
@@ -57,20 +55,6 @@ def _name_attribute(name: str, value: str) -> x509.NameAttribute:
     """One subject attribute from Apple's [name, value] pair (a short name or a dotted OID)."""
     oid = _NAME_OIDS.get(name) or x509.ObjectIdentifier(name)
     return x509.NameAttribute(oid, value)
-
-
-def parse_device_attributes(content: bytes) -> dict[str, Any]:
-    """The signed device-attributes plist; plistlib refuses XML entity declarations outright."""
-    try:
-        attributes = plistlib.loads(content)
-    except payloads.PLIST_ERRORS:
-        raise Refused(Kind.MALFORMED, "the signed content is not a property list") from None
-    if not isinstance(attributes, dict):
-        raise Refused(Kind.MALFORMED, "the signed property list is not a dictionary")
-    udid = attributes.get("UDID")
-    if not is_udid(udid):
-        raise Refused(Kind.MALFORMED, "the device attributes lack a valid UDID")
-    return attributes
 
 
 def _challenge_text(value: object) -> str | None:
@@ -183,7 +167,7 @@ class Enrollment:
             warning = self._device_trust.check(signed)
         except UntrustedDevice as error:
             raise Refused(Kind.FORBIDDEN, f"the signer is not a trusted device identity: {error}") from None
-        attributes = parse_device_attributes(signed.content)
+        attributes = device_attributes.parse(signed.content)
         udid: str = attributes["UDID"]
         challenge = _challenge_text(attributes.pop("CHALLENGE", None))
         if challenge is None:
@@ -351,7 +335,7 @@ class Enrollment:
         record = provenance.record
         if record is None:
             raise Refused(Kind.FORBIDDEN, "the signing certificate is not one otad issued")
-        attributes = parse_device_attributes(signed.content)
+        attributes = device_attributes.parse(signed.content)
         udid: str = attributes["UDID"]
         now = self._clock.seconds()
         if record.revoked is not None:

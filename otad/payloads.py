@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import plistlib
 import re
-import struct
 import uuid
 import xml.parsers.expat
 from collections.abc import Sequence
@@ -541,23 +540,29 @@ def _duplicate_keys(data: bytes) -> list[Finding]:
     return found
 
 
-# plistlib lets many exception types escape on malformed (especially binary) input.
-PLIST_ERRORS = (
-    ValueError,
-    TypeError,
-    LookupError,
-    ArithmeticError,
-    RecursionError,
-    struct.error,
-    xml.parsers.expat.ExpatError,
-)
+class PlistError(ValueError):
+    """Bytes that are not a property list; str() is a one-line reason."""
+
+
+def load_plist(data: bytes) -> Any:
+    """Parse an XML or binary property list from outside bytes; any failure is a PlistError.
+
+    plistlib reports bad input with whatever its parser trips over (ValueError, ExpatError,
+    AttributeError for a malformed <date>, RecursionError for deep binary nesting...), so every
+    exception is caught here, at the boundary. It refuses XML entity declarations outright.
+    """
+    try:
+        return plistlib.loads(data)
+    except Exception as error:  # noqa: BLE001 - the boundary: nothing of plistlib's may escape
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PlistError(first[:200]) from None
 
 
 def lint(data: bytes) -> list[Finding]:
     """Parse plist bytes (XML or binary) and validate them as a profile."""
     try:
-        profile = plistlib.loads(data)
-    except PLIST_ERRORS as e:
+        profile = load_plist(data)
+    except PlistError as e:
         return [Finding("error", "", f"not a property list: {e}")]
     findings = validate(profile)
     if not data.lstrip().startswith(b"bplist"):

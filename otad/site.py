@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from otad.ca import Authority
+from otad.channel import Limits
 from otad.config import Config
 from otad.device_trust import DeviceTrust
 from otad.enrollment import Enrollment
@@ -55,4 +56,12 @@ def build_site(
             b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued)),
         }
     )
-    return OtadSite(root, max_body=settings.max_body, reactor=clock)
+    limits = Limits(
+        max_body=settings.max_body,
+        head_timeout=settings.head_timeout,
+        idle_timeout=settings.idle_timeout,
+        body_rate=settings.body_rate,
+        max_connections=settings.max_connections,
+        max_connections_per_address=settings.max_connections_per_address,
+    )
+    return OtadSite(root, limits, reactor=clock)

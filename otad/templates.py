@@ -6,14 +6,13 @@ Templates are checked once, when loaded, so a bad file stops the daemon instead 
 from __future__ import annotations
 
 import copy
-import plistlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otad.payloads import PLIST_ERRORS, new_uuid, validate_payloads
+from otad.payloads import PlistError, load_plist, new_uuid, validate_payloads
 
 VARIABLES = (
     "UDID",
@@ -131,8 +130,8 @@ def _parse(name: str, data: bytes) -> Template:
     if data[:1] == b"\x30":
         raise TemplateError(f"{name}: signed .mobileconfig: export it unsigned")
     try:
-        document = plistlib.loads(data)
-    except PLIST_ERRORS as e:
+        document = load_plist(data)
+    except PlistError as e:
         raise TemplateError(f"{name}: not a property list: {e}") from None
 
     match: dict[str, str] = {}

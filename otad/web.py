@@ -22,20 +22,16 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from otad.errors import Kind, Refused
+from otad.channel import ConnectionCounter, Limits, OtadChannel
+from otad.errors import Kind, Refused, one_line, printable
 
 log = Logger()
-
-# Request lines and single header lines longer than this get a 431 (Twisted's default is to
-# drop the connection silently, which leaves clients hanging). SCEP by GET carries a whole
-# base64 PKIMessage in the request line (about 3.5 KB from certmonger, more for 4096-bit keys).
-MAX_LINE = 16384
 
 # Apple's content type for configuration profiles, signed or not.
 ASPEN_CONFIG = b"application/x-apple-aspen-config"
 
 # The one mapping from the services' refusal kinds to HTTP.
-STATUS_FOR_KIND = {Kind.MALFORMED: 400, Kind.FORBIDDEN: 403, Kind.UNAVAILABLE: 503, Kind.BROKEN: 500}
+STATUS_FOR_KIND = {Kind.MALFORMED: 400, Kind.FORBIDDEN: 403, Kind.UNAVAILABLE: 503, Kind.BROKEN: 500, Kind.THROTTLED: 429}
 
 
 @dataclass
@@ -53,9 +49,10 @@ class Refusal(Exception):
     """A client error: ``code`` (4xx) and a one-line ``reason`` that is shown to the client and logged."""
 
     def __init__(self, code: int, reason: str, headers: Mapping[bytes, bytes] | None = None) -> None:
-        super().__init__(reason)
+        safe = one_line(reason) if reason else http.RESPONSES.get(code, b"").decode()
+        super().__init__(safe)
         self.code = code
-        self.reason = reason.splitlines()[0] if reason else http.RESPONSES.get(code, b"").decode()
+        self.reason = safe
         self.headers = dict(headers or {})
 
 
@@ -206,71 +203,32 @@ class OtadRequest(Request):
         super().process()
 
 
-# The one private Twisted hook otad overrides: HTTPChannel calls it for every request it cannot
-# parse (a bad request line or header, too many header bytes, a bad Content-Length). Twisted's
-# own answer has no body and no length; otad says why and closes. Twisted offers no public hook
-# for this, so tests.test_web.TwistedHookTests fails loudly if the name or its callers change.
-TWISTED_BAD_REQUEST_HOOK = "_respondToBadRequestAndDisconnect"
-
-
-class OtadChannel(http.HTTPChannel):
-    """An HTTP channel that answers over-long request lines and headers instead of hanging up silently."""
-
-    MAX_LENGTH = MAX_LINE
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._closing_after_refusal = False
-
-    def dataReceived(self, data: bytes) -> None:
-        # After a refusal the connection is closing: whatever else arrives is not parsed.
-        if not self._closing_after_refusal:
-            super().dataReceived(data)
-
-    def _refuse_and_close(self, status: bytes, reason: bytes) -> None:
-        body = reason + b"\n"
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        log.info("refused a request: {reason}", reason=reason.decode(), outcome="refused")
-        self._closing_after_refusal = True
-        self.loseConnection()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._refuse_and_close(b"431 Request Header Fields Too Large", b"request line or header line too long")
-
-    def _bad_request(self) -> None:
-        self._refuse_and_close(b"400 Bad Request", b"malformed request or headers too large")
-
-
-setattr(OtadChannel, TWISTED_BAD_REQUEST_HOOK, OtadChannel._bad_request)
-
-
-_SAFE_PATH = re.compile(r"[^\x21-\x7e]")
-
-
 class OtadSite(Site):
-    """The site: builds OtadRequests with the configured cap and logs every request as a structured event."""
+    """The site: OtadChannels under ``limits``, OtadRequests with the body cap, and a structured event per request.
+
+    Twisted's own idle timeout is off (``timeout=None``): each line a slow client sends would
+    restart it; OtadChannel's limits replace it. Form bodies are never parsed: otad reads no forms.
+    """
 
     requestFactory = OtadRequest
     protocol = OtadChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: Resource, max_body: int, **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
-        self.max_body = max_body
+    def __init__(self, resource: Resource, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(resource, timeout=None, parsePOSTFormSubmission=False, **kwargs)
+        self.limits = limits or Limits()
+        self.max_body = self.limits.max_body
+        self.connections = ConnectionCounter(self.limits)
         self.displayTracebacks = False
 
     def log(self, request: http.Request) -> None:
-        path = _SAFE_PATH.sub("?", request.path.decode("latin-1"))[:200]
+        user = getattr(request, "otad_user", None)
         log.info(
             "{method} {path} {code} {outcome} user={user} {ms}ms",
-            method=request.method.decode("ascii", "replace")[:16],
-            path=path,
+            method=printable(request.method.decode("latin-1"), 16),
+            path=printable(request.path.decode("latin-1"), 200),
             code=request.code,
-            outcome=getattr(request, "otad_outcome", "ok"),
-            user=getattr(request, "otad_user", None),
+            outcome=printable(getattr(request, "otad_outcome", "ok")),
+            user=printable(user, 64) if user is not None else None,
             ms=round((time.monotonic() - getattr(request, "otad_started", time.monotonic())) * 1000, 1),
             client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else None,
         )

@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).parent.parent / "otad"
 # ARCHITECTURE.md's table, module by module (resources/* are layer 5).
 LAYERS = {
     **dict.fromkeys(("tap", "admin", "site"), 6),
-    **dict.fromkeys(("web",), 5),
+    **dict.fromkeys(("web", "channel"), 5),
     **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users"), 4),
-    **dict.fromkeys(("ca", "cms", "scep", "payloads", "templates", "device_trust", "tls", "config", "store"), 3),
+    **dict.fromkeys(("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store"), 3),
     **dict.fromkeys(("certificate_rules", "listeners"), 2),
     **dict.fromkeys(("errors", "files", "pool", "tokens", "udid", "systemd"), 1),
 }

@@ -30,6 +30,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from otad import config, tokens
 from otad.ca import Authority, Identity, serial_hex
+from otad.channel import Limits
 from otad.cms import read_certs_only
 from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates
@@ -571,7 +572,7 @@ class SCEPResponderTests(unittest.TestCase):
 
     def fetch(self, method: str, query: str, body: bytes | None = None) -> tuple[int, bytes, bytes]:
         """One request to /scep through the real site in memory; returns (code, content type, body)."""
-        site = OtadSite(Root({b"scep": SCEPResource(self.responder)}), max_body=self.settings.max_body)
+        site = OtadSite(Root({b"scep": SCEPResource(self.responder)}), Limits(max_body=self.settings.max_body))
         treq = StubTreq(site.resource)
 
         async def go() -> tuple[int, bytes, bytes]:

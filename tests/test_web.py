@@ -10,6 +10,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from otad.channel import Limits
 from otad.web import MethodResource, OtadSite, Refusal, Reply, render_async
 
 
@@ -39,7 +40,7 @@ class WebTests(unittest.TestCase):
         root = Resource()
         self.echo = Echo()
         root.putChild(b"echo", self.echo)
-        self.site = OtadSite(root, max_body=100, reactor=Clock())
+        self.site = OtadSite(root, Limits(max_body=100), reactor=Clock())
 
     def connect(self) -> tuple[object, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
@@ -114,7 +115,7 @@ class WebTests(unittest.TestCase):
 
 class TwistedHookTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.site = OtadSite(Resource(), max_body=100, reactor=Clock())
+        self.site = OtadSite(Resource(), Limits(max_body=100), reactor=Clock())
 
     def test_bad_request_hook_still_exists_and_is_used(self) -> None:
         """Twisted's HTTPChannel still defines the private hook otad overrides and still calls it for a bad request
@@ -123,10 +124,10 @@ class TwistedHookTests(unittest.TestCase):
 
         from twisted.web import http
 
-        from otad import web
+        from otad import channel
 
-        self.assertTrue(hasattr(http.HTTPChannel, web.TWISTED_BAD_REQUEST_HOOK))
-        self.assertIn(f"self.{web.TWISTED_BAD_REQUEST_HOOK}()", inspect.getsource(http.HTTPChannel.lineReceived))
+        self.assertTrue(hasattr(http.HTTPChannel, channel.TWISTED_BAD_REQUEST_HOOK))
+        self.assertIn(f"self.{channel.TWISTED_BAD_REQUEST_HOOK}()", inspect.getsource(http.HTTPChannel.lineReceived))
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = StringTransport()
         channel.makeConnection(transport)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.server import Request
 
@@ -25,8 +25,8 @@ def query_parameter(request: Request, name: bytes) -> bytes | None:
     query = request.uri.partition(b"?")[2]
     for pair in query.split(b"&"):
         key, _, value = pair.partition(b"=")
-        if unquote(key.decode("latin-1")).encode("latin-1") == name:
-            return unquote(value.decode("latin-1")).encode("latin-1")
+        if unquote_to_bytes(key) == name:
+            return unquote_to_bytes(value)
     return None
 
 
@@ -50,6 +50,7 @@ class SCEPResource(MethodResource):
         operation = query_parameter(request, b"operation")
         if not operation:
             raise Refusal(400, "missing operation parameter")
+        # Refusals quote it, escaped (printable) and cut short.
         return operation.decode("latin-1")
 
     def render_GET(self, request: Request) -> object:
