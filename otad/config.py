@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from otad import listeners
 from otad.listeners import Listener
+from otad.tls import INTERMEDIATE_CIPHERS, check_ciphers
 
 
 class ConfigError(ValueError):
@@ -182,6 +183,10 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _tls_ciphers(text: str) -> str:
+    return check_ciphers(text.strip())
+
+
 @dataclass(frozen=True)
 class Setting:
     """Where a Config field comes from: ``[section] key`` of the ini file, its parser and its default text."""
@@ -222,6 +227,8 @@ class Config:
     body_rate: int = _setting("limits", "body_rate", _int_range(64, 1 << 30), "2048")
     max_connections: int = _setting("limits", "max_connections", _int_range(1, 1_000_000), "2048")
     max_connections_per_address: int = _setting("limits", "max_connections_per_address", _int_range(1, 1_000_000), "64")
+    tls_ciphers: str = _setting("tls", "ciphers", _tls_ciphers, INTERMEDIATE_CIPHERS)
+    tls_min_version: str = _setting("tls", "min_version", _choice("TLSv1.2", "TLSv1.3"), "TLSv1.2")
     auth_queue: int = _setting("auth", "queue", _int_range(0, 100_000), "16")
     failures_per_address: int = _setting("auth", "failures_per_address", _int_range(1, 1_000_000), "20")
     failures_per_user: int = _setting("auth", "failures_per_user", _int_range(1, 1_000_000), "5")

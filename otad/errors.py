@@ -39,6 +39,8 @@ class Kind(Enum):
     BROKEN = "broken"
     # The requester tried too often (failed logins); it may try again after ``retry_after``.
     THROTTLED = "throttled"
+    # The credentials are wrong or missing.
+    UNAUTHENTICATED = "unauthenticated"
 
 
 class Refused(Exception):

@@ -11,20 +11,33 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from otad.errors import Unavailable
+
 T = TypeVar("T")
 
 
-class WorkerPool(Service):
-    """Runs blocking calls on its own threads and hands the results back to the reactor."""
+class PoolFull(Unavailable):
+    """More calls are waiting for the pool than its queue holds; try again in a moment."""
 
-    def __init__(self, reactor: IReactorFromThreads, name: str, threads: int) -> None:
+
+class WorkerPool(Service):
+    """Runs blocking calls on its own threads and hands the results back to the reactor.
+
+    With ``queue`` set, at most ``threads + queue`` calls are in flight; more fail at once with
+    PoolFull instead of waiting in an unbounded line (a flood of logins must not queue bcrypt
+    work for minutes).
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, name: str, threads: int, queue: int | None = None) -> None:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name=name)
+        self._capacity = None if queue is None else threads + queue
+        self.in_flight = 0
 
     def startService(self) -> None:
         super().startService()
@@ -35,5 +48,14 @@ class WorkerPool(Service):
         self._pool.stop()
 
     def run(self, call: Callable[..., T], *args: Any) -> Deferred[T]:
-        """``call(*args)`` on a pool thread; the Deferred fires on the reactor thread."""
-        return deferToThreadPool(self._reactor, self._pool, call, *args)
+        """``call(*args)`` on a pool thread; the Deferred fires on the reactor thread (call it from there)."""
+        if self._capacity is not None and self.in_flight >= self._capacity:
+            return fail(PoolFull("too many password checks are waiting; try again in a moment", retry_after=1))
+        self.in_flight += 1
+        running = deferToThreadPool(self._reactor, self._pool, call, *args)
+
+        def done(result: T) -> T:
+            self.in_flight -= 1
+            return result
+
+        return running.addBoth(done)

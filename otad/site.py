@@ -19,9 +19,10 @@ from otad.config import Config
 from otad.device_trust import DeviceTrust
 from otad.enrollment import Enrollment
 from otad.issued import IssuedCertificates
+from otad.logins import LoginGuard, LoginPolicy
 from otad.pool import WorkerPool
 from otad.resources.ca import RootCertificate
-from otad.resources.enroll import enroll_resource
+from otad.resources.enroll import EnrollResource
 from otad.resources.profile import ProfileRequest
 from otad.resources.root import Root
 from otad.resources.scep import SCEPResource
@@ -47,11 +48,13 @@ def build_site(
     issued = IssuedCertificates(authority, store)
     enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued)
     checker = HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file)
+    policy = LoginPolicy(settings.failures_per_address, settings.failures_per_user, settings.failure_window)
+    guard = LoginGuard(checker, store, clock, policy)
     root = Root(
         {
             b"": WelcomePage(settings.organization, settings.display_name),
             b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
-            b"enroll": enroll_resource(enrollment, checker, settings.realm, settings.public_url),
+            b"enroll": EnrollResource(enrollment, guard, settings.realm, settings.public_url, settings.allow_plain_http_login),
             b"profile": ProfileRequest(enrollment, settings.public_url),
             b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued)),
         }

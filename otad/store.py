@@ -312,6 +312,43 @@ class Store:
         with self.transaction() as db:
             return db.execute("DELETE FROM challenges WHERE expires < ?", (now - keep,)).rowcount
 
+    # -- failed logins -------------------------------------------------------------------------
+
+    def login_wait(self, address: str, user: str, *, now: float, window: float, per_address: int, per_user: int) -> float:
+        """Seconds until ``user`` may try a password from ``address`` again (0: now), given the failures
+        counted in the current window per address and per user from that address."""
+        rows = self._db.execute(
+            "SELECT user, failures, since FROM login_failures WHERE address = ? AND user IN ('', ?) AND since > ?",
+            (address, user, now - window),
+        ).fetchall()
+        wait = 0.0
+        for name, failures, since in rows:
+            if failures >= (per_address if name == "" else per_user):
+                wait = max(wait, since + window - now)
+        return wait
+
+    def record_login_failure(self, address: str, user: str, *, now: float, window: float) -> None:
+        """Count a failure for the address and for the user from it; a window that has passed starts again."""
+        with self.transaction() as db:
+            for name in ("", user):
+                db.execute(
+                    "INSERT INTO login_failures (address, user, failures, since) VALUES (?, ?, 1, ?) "
+                    "ON CONFLICT (address, user) DO UPDATE SET "
+                    "failures = CASE WHEN since > ? THEN failures + 1 ELSE 1 END, "
+                    "since = CASE WHEN since > ? THEN since ELSE excluded.since END",
+                    (address, name, now, now - window, now - window),
+                )
+
+    def clear_login_failures(self, address: str, user: str) -> None:
+        """A good password from ``address`` clears that user's count there (not the address's own)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM login_failures WHERE address = ? AND user = ?", (address, user))
+
+    def purge_login_failures(self, *, now: float, window: float) -> int:
+        """Forget counts whose window has passed; returns how many."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM login_failures WHERE since <= ?", (now - window,)).rowcount
+
     # -- devices -----------------------------------------------------------------------------
 
     def record_device(self, udid: str, user: str | None, attributes: Mapping[str, object], *, now: float) -> None:

@@ -40,7 +40,7 @@ from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
 from otad.site import build_site
 from otad.store import Store, StoreThread
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
-from otad.tls import ServerTLS
+from otad.tls import ServerTLS, TLSPolicy
 from otad.users import FirstPassword, first_user
 from otad.web import OtadSite
 
@@ -172,7 +172,7 @@ class OtadService(MultiService):
         self._reactor = reactor
         self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads)
         self.crypto.setServiceParent(self)
-        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads)
+        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue)
         self.auth.setServiceParent(self)
         self.store = StoreThread(reactor, lambda: Store.open(settings.database))
         self.store.setServiceParent(self)
@@ -263,12 +263,13 @@ class OtadService(MultiService):
         settings = self.settings
         own_tls: ServerTLS | None = None
         operators: list[OperatorTLS] = []
+        policy = TLSPolicy(settings.tls_ciphers, settings.tls_min_version)
         urls = []
         for listener in settings.listeners:
             factory: Any = site
             if listener.tls and listener.files:
                 key, chain = await self.crypto.run(load_operator_tls, listener)
-                operator = OperatorTLS(listener, ServerTLS(key, chain))
+                operator = OperatorTLS(listener, ServerTLS(key, chain, policy))
                 operators.append(operator)
                 factory = operator.server.wrap(site)
                 for problem in tls_server_problems(chain[0], settings.hostname, now):
@@ -279,7 +280,7 @@ class OtadService(MultiService):
                     )
             elif listener.tls:
                 if own_tls is None:
-                    own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain])
+                    own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain], policy)
                 factory = own_tls.wrap(site)
             try:
                 port = await listener.endpoint(self._reactor).listen(factory)
@@ -310,7 +311,12 @@ class OtadService(MultiService):
             return
         settings = self.settings
         https = [url for url in urls if url.startswith("https:")]
-        enroll = f"{settings.public_url or (https or urls)[0]}/enroll"
+        if settings.public_url:
+            enroll = f"{settings.public_url}/enroll"
+        elif https or settings.allow_plain_http_login:
+            enroll = f"{(https or urls)[0]}/enroll"
+        else:
+            enroll = "an https:// URL (no ssl: listener here, and /enroll refuses passwords over plain HTTP)"
         # Under systemd (JOURNAL_STREAM) "auto" keeps the password out of the journal: the file has it.
         shown = settings.first_password == "log" or (settings.first_password == "auto" and "JOURNAL_STREAM" not in os.environ)
         opening = "created the users file {path} with" if first.created else "the users file {path} still has"
@@ -334,7 +340,13 @@ class OtadService(MultiService):
 
     def _purge(self) -> Deferred[object]:
         now = self._reactor.seconds()
-        purging = self.store.call(lambda store: store.purge_challenges(now=now))
+        window = self.settings.failure_window
+
+        def purge(store: Store) -> int:
+            store.purge_login_failures(now=now, window=window)
+            return store.purge_challenges(now=now)
+
+        purging = self.store.call(purge)
         purging.addCallback(lambda count: log.info("purged {count} expired challenges", count=count) if count else None)
         # Never let a failure reach TimerService, which would stop purging for good.
         return purging.addErrback(lambda failure: log.failure("purging expired challenges failed", failure=failure))

@@ -7,6 +7,7 @@ while it runs and re-reads an operator's files on reload, so each listener gets 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -25,26 +26,55 @@ class TLSFilesError(ValueError):
 
 ServerKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
+# Mozilla's "intermediate" configuration for TLS 1.2, less its finite-field DHE suites: forward
+# secrecy (ECDHE) and AEAD ciphers only, so no static-RSA key exchange and no CBC. TLS 1.3's own
+# suites are all AEAD and forward-secret, and OpenSSL's defaults for them stay.
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+_VERSIONS = {"TLSv1.2": TLSVersion.TLSv1_2, "TLSv1.3": TLSVersion.TLSv1_3}
 
-def _context(key: ServerKey, chain: list[x509.Certificate]) -> SSL.Context:
+
+@dataclass(frozen=True)
+class TLSPolicy:
+    """What otad's TLS offers: ``[tls] ciphers`` (OpenSSL's syntax, TLS 1.2) and ``[tls] min_version``."""
+
+    ciphers: str = INTERMEDIATE_CIPHERS
+    min_version: str = "TLSv1.2"
+
+
+def _context(key: ServerKey, chain: list[x509.Certificate], policy: TLSPolicy) -> SSL.Context:
     options = CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(cert) for cert in chain[1:]],
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(policy.ciphers),
+        raiseMinimumTo=_VERSIONS[policy.min_version],
     )
     return options.getContext()
+
+
+def check_ciphers(text: str) -> str:
+    """The cipher string if OpenSSL knows at least one suite in it; ValueError otherwise (for the configuration)."""
+    try:
+        SSL.Context(SSL.TLS_SERVER_METHOD).set_cipher_list(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise ValueError(f"OpenSSL knows no cipher in {text!r}") from None
+    return text
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """The certificate chain one HTTPS listener serves; ``use`` replaces it for new connections."""
 
-    def __init__(self, key: ServerKey, chain: list[x509.Certificate]) -> None:
+    def __init__(self, key: ServerKey, chain: list[x509.Certificate], policy: TLSPolicy = TLSPolicy()) -> None:
+        self._policy = policy
         self.use(key, chain)
 
     def use(self, key: ServerKey, chain: list[x509.Certificate]) -> None:
         """Serve ``chain`` (leaf first) with ``key`` from the next handshake on; open connections keep theirs."""
-        self._context = _context(key, chain)
+        self._context = _context(key, chain, self._policy)
         self.chain = tuple(chain)
 
     @property

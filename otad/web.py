@@ -31,7 +31,14 @@ log = Logger()
 ASPEN_CONFIG = b"application/x-apple-aspen-config"
 
 # The one mapping from the services' refusal kinds to HTTP.
-STATUS_FOR_KIND = {Kind.MALFORMED: 400, Kind.FORBIDDEN: 403, Kind.UNAVAILABLE: 503, Kind.BROKEN: 500, Kind.THROTTLED: 429}
+STATUS_FOR_KIND = {
+    Kind.MALFORMED: 400,
+    Kind.UNAUTHENTICATED: 401,
+    Kind.FORBIDDEN: 403,
+    Kind.THROTTLED: 429,
+    Kind.BROKEN: 500,
+    Kind.UNAVAILABLE: 503,
+}
 
 
 @dataclass
@@ -230,11 +237,16 @@ class OtadSite(Site):
             outcome=printable(getattr(request, "otad_outcome", "ok")),
             user=printable(user, 64) if user is not None else None,
             ms=round((time.monotonic() - getattr(request, "otad_started", time.monotonic())) * 1000, 1),
-            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else None,
+            client=client_address(request),
         )
 
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def client_address(request: http.Request) -> str:
+    """The address the request came from (``local`` for a Unix socket)."""
+    return str(getattr(request.getClientAddress(), "host", None) or "local")
 
 
 def base_url(request: Request, public_url: str) -> str:

@@ -56,7 +56,16 @@ class MemorySite:
     """The production site (``otad.site.build_site``) over a temporary data directory, driven in memory by
     StubTreq, with inline pools and a fake clock."""
 
-    def __init__(self, directory: Path, *, policy: str = "strict", anchors: tuple[Any, ...] = (), **settings: Any) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        policy: str = "strict",
+        anchors: tuple[Any, ...] = (),
+        run_auth: Callable[..., Deferred[Any]] | None = None,
+        **settings: Any,
+    ) -> None:
+        """``run_auth`` replaces the inline pool for password checks (to count or hold them)."""
         import dataclasses
 
         from treq.testing import StubTreq
@@ -80,7 +89,7 @@ class MemorySite:
             self.authority,
             self.store,
             pool,
-            pool.run,
+            run_auth or pool.run,
             self.clock,
             DeviceTrust(policy, anchors),
             load_profile_templates(self.settings.templates),

@@ -63,7 +63,7 @@ class DaemonTests(unittest.TestCase):
 
             anonymous = await client.get(daemon.url("/enroll"))
             self.assertEqual(anonymous.code, 401)
-            self.assertEqual(anonymous.headers.getRawHeaders("www-authenticate"), ['basic realm="otad"'])
+            self.assertEqual(anonymous.headers.getRawHeaders("www-authenticate"), ['Basic realm="otad"'])
             await anonymous.content()
             wrong = await client.get(daemon.url("/enroll"), auth=("apple", "not-the-password"))
             self.assertEqual(wrong.code, 401)

@@ -63,7 +63,7 @@ class ResourceTests(unittest.TestCase):
         """/enroll without credentials answers 401 with a Basic challenge naming the realm."""
         code, headers, _ = self.successResultOf(ensureDeferred(self.fetch("GET", "https://otad.test/enroll")))
         self.assertEqual(code, 401)
-        self.assertEqual(headers[b"www-authenticate"], [b'basic realm="otad"'])
+        self.assertEqual(headers[b"www-authenticate"], [b'Basic realm="otad"'])
 
     def test_enroll_bad_credentials(self) -> None:
         """Wrong passwords, unknown users, non-UTF-8 names and malformed headers all get 401, never 500."""

@@ -50,6 +50,7 @@ class StoreTests(unittest.TestCase):
         self.store.close()
         raw = sqlite3.connect(self.path)
         raw.execute("ALTER TABLE challenges DROP COLUMN revoked")
+        raw.execute("DROP TABLE login_failures")
         raw.execute("DELETE FROM schema_version WHERE version > 2")
         raw.commit()
         raw.close()

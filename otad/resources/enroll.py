@@ -1,35 +1,62 @@
-"""``GET /enroll``: HTTP Basic authentication through twisted.cred, then the signed Profile Service payload."""
+"""``GET /enroll``: HTTP Basic authentication (throttled, and only over TLS), then the signed Profile Service payload."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.cred.portal import IRealm, Portal
-from twisted.web.guard import BasicCredentialFactory, HTTPAuthSessionWrapper
-from twisted.web.resource import IResource
+from twisted.cred.error import LoginFailed
+from twisted.web.guard import BasicCredentialFactory
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from otad.enrollment import Enrollment
-from otad.users import HtpasswdChecker
-from otad.web import ASPEN_CONFIG, MethodResource, Reply, base_url, render_async
+from otad.errors import Kind, Refused, printable
+from otad.logins import LoginGuard
+from otad.web import ASPEN_CONFIG, MethodResource, Refusal, Reply, base_url, client_address, render_async
 
 
-class EnrollPage(MethodResource):
-    """What an authenticated user gets: a fresh Profile Service payload with a one-time challenge."""
+class EnrollResource(MethodResource):
+    """401 with ``WWW-Authenticate: Basic realm=...`` until the credentials check out; then a fresh Profile Service payload.
 
-    def __init__(self, user: str, enrollment: Enrollment, public_url: str) -> None:
+    Over a plain-HTTP listener it refuses credentials (403), unless ``allow_plain_http``: a password
+    must never cross the network in clear text.
+    """
+
+    def __init__(self, enrollment: Enrollment, guard: LoginGuard, realm: str, public_url: str, allow_plain_http: bool) -> None:
         super().__init__()
-        self._user = user
         self._enrollment = enrollment
+        self._guard = guard
+        self._credentials = BasicCredentialFactory(realm.encode("ascii"))
+        self._challenge = {b"www-authenticate": b'Basic realm="' + realm.encode("ascii") + b'"'}
         self._public_url = public_url
+        self._allow_plain_http = allow_plain_http
+
+    def _decode(self, request: Request) -> tuple[bytes, bytes] | None:
+        header = request.getHeader(b"authorization")
+        if not header:
+            return None
+        scheme, _, response = header.partition(b" ")
+        if scheme.lower() != b"basic":
+            raise Refusal(401, "only HTTP Basic authentication is accepted", self._challenge)
+        try:
+            credentials = self._credentials.decode(response.strip(), request)
+        except LoginFailed:
+            raise Refusal(401, "malformed Basic credentials", self._challenge) from None
+        return credentials.username, credentials.password
 
     def render_GET(self, request: Request) -> object:
-        request.otad_user = self._user  # type: ignore[attr-defined]
-
         async def answer() -> Reply:
-            url = base_url(request, self._public_url)
-            body = await self._enrollment.profile_service(self._user, url)
+            if not request.isSecure() and not self._allow_plain_http:
+                raise Refusal(403, "use https: otad accepts passwords only over TLS")
+            credentials = self._decode(request)
+            if credentials is None:
+                raise Refusal(401, "log in to enroll", self._challenge)
+            name, password = credentials
+            request.otad_user = printable(name.decode("utf-8", "replace"), 64)  # type: ignore[attr-defined]
+            try:
+                user = await self._guard.login(client_address(request), name, password)
+            except Refused as refused:
+                if refused.kind is Kind.UNAUTHENTICATED:
+                    raise Refusal(401, refused.reason, self._challenge) from None
+                raise
+            body = await self._enrollment.profile_service(user, base_url(request, self._public_url))
             return Reply(
                 body,
                 ASPEN_CONFIG,
@@ -38,24 +65,3 @@ class EnrollPage(MethodResource):
             )
 
         return render_async(request, answer)
-
-
-@implementer(IRealm)
-class EnrollRealm:
-    """Gives each authenticated user their own EnrollPage."""
-
-    def __init__(self, enrollment: Enrollment, public_url: str) -> None:
-        self._enrollment = enrollment
-        self._public_url = public_url
-
-    def requestAvatar(self, avatarId: bytes | tuple[()], mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
-        if IResource not in interfaces or not isinstance(avatarId, bytes):
-            raise NotImplementedError("otad only hands out web resources to named users")
-        user = avatarId.decode("utf-8", "replace")
-        return IResource, EnrollPage(user, self._enrollment, self._public_url), lambda: None
-
-
-def enroll_resource(enrollment: Enrollment, checker: HtpasswdChecker, realm: str, public_url: str) -> IResource:
-    """The guarded ``/enroll``: 401 with ``WWW-Authenticate: Basic realm=...`` until the credentials check out."""
-    portal = Portal(EnrollRealm(enrollment, public_url), [checker])
-    return HTTPAuthSessionWrapper(portal, [BasicCredentialFactory(realm)])

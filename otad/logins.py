@@ -1,0 +1,71 @@
+"""Logins at /enroll that a flood cannot drown: throttled per address and per user, counted in the store.
+
+Before any password is checked, the failures counted in the store decide: past
+``failures_per_address`` from one address, or ``failures_per_user`` for one name from one
+address, within ``failure_window``, the answer is THROTTLED (429) with the wait, and no bcrypt
+is spent. A user is never locked out by someone else's failures from another address. The counts
+live in the store, so they survive a restart and are shared by every otad on the same database.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from otad.errors import Kind, Refused, printable
+from otad.store import Store, StoreThread
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    failures_per_address: int = 20
+    failures_per_user: int = 5
+    window: float = 900
+
+
+class LoginGuard:
+    """Checks a name and password for /enroll, counting failures; raises Refused (UNAUTHENTICATED or THROTTLED)."""
+
+    def __init__(self, checker: ICredentialsChecker, store: StoreThread, clock: IReactorTime, policy: LoginPolicy) -> None:
+        self._checker = checker
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+
+    async def login(self, address: str, name: bytes, password: bytes) -> str:
+        """The user name, once the password checks out; refusals are logged and recorded as events."""
+        policy = self._policy
+        user = name.decode("utf-8", "replace")
+        now = self._clock.seconds()
+        wait = await self._store.call(
+            lambda store: store.login_wait(
+                address, user, now=now, window=policy.window, per_address=policy.failures_per_address, per_user=policy.failures_per_user
+            )
+        )
+        if wait > 0:
+            raise Refused(Kind.THROTTLED, "too many failed logins; try again later", retry_after=math.ceil(wait))
+        try:
+            await self._checker.requestAvatarId(UsernamePassword(name, password))
+        except UnauthorizedLogin:
+            shown = printable(user, 64)
+            log.info("failed login for {user} from {client}", user=shown, client=address, outcome="refused")
+
+            def count(store: Store) -> None:
+                with store.transaction():
+                    store.record_login_failure(address, user, now=now, window=policy.window)
+                    store.record_event(
+                        now=now, kind="login", outcome="refused", user=shown, reason=f"bad password or unknown user from {address}"
+                    )
+
+            await self._store.call(count)
+            raise Refused(Kind.UNAUTHENTICATED, "unknown user or wrong password") from None
+        await self._store.call(lambda store: store.clear_login_failures(address, user))
+        return user
