@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from otad.certificate_rules import tls_server_problems
 from otad.files import make_directory, write_atomically
@@ -26,7 +26,8 @@ CA_VALIDITY = datetime.timedelta(days=3652)
 TLS_VALIDITY = datetime.timedelta(days=824)
 SIGNER_VALIDITY = datetime.timedelta(days=3 * 365)
 RA_VALIDITY = datetime.timedelta(days=3 * 365)
-# otad renews its own leaf certificates (TLS, signing, RA) when less than this is left, and
+OCSP_VALIDITY = datetime.timedelta(days=365)
+# otad renews its own leaf certificates (TLS, signing, RAs, OCSP) when less than this is left, and
 # warns about any of its certificates that will be invalid within WARN_BEFORE (the root CA,
 # which cannot renew itself, from a year before, because every certificate it issues ends with it).
 RENEW_BEFORE = datetime.timedelta(days=60)
@@ -51,19 +52,64 @@ class Identity:
     chain: tuple[x509.Certificate, ...] = ()
 
 
+@dataclass(frozen=True)
+class Publication:
+    """Where relying parties find otad's CRL, OCSP responder and CA certificate: ``base`` (``https://host:port``), once known."""
+
+    base: str | None = None
+
+    @property
+    def crl_url(self) -> str:
+        return f"{self.base}/crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.base}/ocsp"
+
+    @property
+    def ca_url(self) -> str:
+        return f"{self.base}/CA"
+
+    def extensions(self) -> list[tuple[x509.ExtensionType, bool]]:
+        """A CRL distribution point and an AIA (OCSP and caIssuers) for certificates relying parties check."""
+        if self.base is None:
+            return []
+        return [
+            (
+                x509.CRLDistributionPoints([x509.DistributionPoint([x509.UniformResourceIdentifier(self.crl_url)], None, None, None)]),
+                False,
+            ),
+            (
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url)),
+                        x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(self.ca_url)),
+                    ]
+                ),
+                False,
+            ),
+        ]
+
+
 @dataclass
 class Authority:
-    """The identities otad serves with. ``signer`` signs profiles; ``ra`` answers SCEP.
+    """The identities otad serves with. ``signer`` signs profiles; the RAs answer SCEP (``ra`` alone, or
+    ``ra_encrypt`` and ``ra_sign`` in the NDES layout); ``ocsp`` signs OCSP responses.
 
     The leaf identities are replaced in place (on the reactor thread) when otad renews them,
     so everything holding the Authority uses the renewed certificate from then on.
+    ``publication`` is set once otad knows the URL it is reached at.
     """
 
     root: Identity
     tls: Identity
     signer: Identity
     ra: Identity
+    ra_encrypt: Identity
+    ra_sign: Identity
+    ocsp: Identity
     certs_dir: Path
+    publication: Publication = Publication()
 
     @property
     def tls_key_path(self) -> Path:
@@ -77,11 +123,21 @@ class Authority:
     def root_cert_path(self) -> Path:
         return self.certs_dir / "ca.pem"
 
+    def leaf(self, name: str) -> Identity:
+        """A leaf identity by its file name (``tls``, ``signing``, ``ra``, ``ra-encrypt``, ``ra-sign``, ``ocsp``)."""
+        identity: Identity = getattr(self, _FIELDS[name])
+        return identity
+
     def adopt(self, renewed: Authority) -> None:
         """Take the leaf identities of ``renewed`` (same root), as ``maintain`` returned them."""
         if renewed.root.cert != self.root.cert:
             raise ValueError("a renewed authority must keep the same root CA")
-        self.tls, self.signer, self.ra = renewed.tls, renewed.signer, renewed.ra
+        for field in _FIELDS.values():
+            setattr(self, field, getattr(renewed, field))
+
+
+# File name -> Authority field.
+_FIELDS = {"tls": "tls", "signing": "signer", "ra": "ra", "ra-encrypt": "ra_encrypt", "ra-sign": "ra_sign", "ocsp": "ocsp"}
 
 
 def generate_key(bits: int = LEAF_KEY_SIZE) -> rsa.RSAPrivateKey:
@@ -161,6 +217,9 @@ def _self_signed_root(key: rsa.RSAPrivateKey, subject: x509.Name, now: datetime.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        # Optional for a self-signed certificate (RFC 5280 4.2.1.1), but path validators and
+        # linters look for it on every certificate.
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
         .sign(key, hashes.SHA256())
     )
 
@@ -173,11 +232,19 @@ def _general_name(hostname: str) -> x509.GeneralName:
         return x509.DNSName(hostname)
 
 
-def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, hostname: str, now: datetime.datetime) -> x509.Certificate:
-    names: list[x509.GeneralName] = [_general_name(hostname)]
-    if hostname != "localhost":
-        names.append(x509.DNSName("localhost"))
-    names.extend(x509.IPAddress(ipaddress.ip_address(address)) for address in ("127.0.0.1", "::1") if address != hostname)
+@dataclass(frozen=True)
+class _Names:
+    hostname: str
+    organization: str
+    publication: Publication
+
+
+def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+    hostname = names.hostname
+    # localhost only when it is the host name: a single-label name is not a valid public DNS
+    # name (linters refuse it), and local clients reach otad by 127.0.0.1 or ::1 anyway.
+    general: list[x509.GeneralName] = [_general_name(hostname)]
+    general.extend(x509.IPAddress(ipaddress.ip_address(address)) for address in ("127.0.0.1", "::1") if address != hostname)
     return issue(
         root,
         key.public_key(),
@@ -185,40 +252,64 @@ def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, hostname: str, now: dateti
         now=now,
         lifetime=TLS_VALIDITY,
         extensions=[
-            (x509.SubjectAlternativeName(names), False),
-            (_key_usage(digital_signature=True, key_encipherment=True), True),
+            (x509.SubjectAlternativeName(general), False),
+            # Only digitalSignature: otad offers forward-secret (ECDHE) suites only, which sign.
+            (_key_usage(digital_signature=True), True),
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            *names.publication.extensions(),
         ],
     )
 
 
-def _signer_cert(root: Identity, key: rsa.RSAPrivateKey, organization: str, now: datetime.datetime) -> x509.Certificate:
+def _signer_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
     # A dedicated profile signer, not the TLS certificate: the TLS certificate rotates every
     # 825 days and may be swapped for a public CA's, while a profile update must be signed by
     # the same issuer as the installed profile for iOS to accept it as a replacement.
     return issue(
         root,
         key.public_key(),
-        _name(f"{organization} Profile Signing", organization),
+        _name(f"{names.organization} Profile Signing", names.organization),
         now=now,
         lifetime=SIGNER_VALIDITY,
         extensions=[
             (_key_usage(digital_signature=True), True),
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
+            *names.publication.extensions(),
         ],
     )
 
 
-def _ra_cert(root: Identity, key: rsa.RSAPrivateKey, organization: str, now: datetime.datetime) -> x509.Certificate:
-    # SCEP clients encrypt requests to the RA and check its CertRep signatures; Apple devices
-    # refuse an RA that lacks either usage, and the RA must not be a CA.
+def _ra_cert(label: str, usage: x509.KeyUsage) -> Callable[[Identity, rsa.RSAPrivateKey, _Names, datetime.datetime], x509.Certificate]:
+    # SCEP clients encrypt requests to an RA and check the CertRep's signature with one; the
+    # single RA has both usages (Apple devices refuse a lone RA that lacks either), the NDES
+    # layout's two have one each. No RA is a CA.
+    def make(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+        return issue(
+            root,
+            key.public_key(),
+            _name(f"{names.organization} {label}", names.organization),
+            now=now,
+            lifetime=RA_VALIDITY,
+            extensions=[(usage, True), *names.publication.extensions()],
+        )
+
+    return make
+
+
+def _ocsp_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+    # A delegated OCSP responder (RFC 6960 4.2.2.2): EKU OCSPSigning, and id-pkix-ocsp-nocheck so
+    # that clients do not ask for its own status; it has no CRL distribution point or AIA.
     return issue(
         root,
         key.public_key(),
-        _name(f"{organization} SCEP RA", organization),
+        _name(f"{names.organization} OCSP Responder", names.organization),
         now=now,
-        lifetime=RA_VALIDITY,
-        extensions=[(_key_usage(digital_signature=True, key_encipherment=True), True)],
+        lifetime=OCSP_VALIDITY,
+        extensions=[
+            (_key_usage(digital_signature=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), False),
+            (x509.OCSPNoCheck(), False),
+        ],
     )
 
 
@@ -261,16 +352,13 @@ class _Leaf:
     make: Callable[[Identity, rsa.RSAPrivateKey, _Names, datetime.datetime], x509.Certificate]
 
 
-@dataclass(frozen=True)
-class _Names:
-    hostname: str
-    organization: str
-
-
 _LEAVES = (
-    _Leaf("tls", TLS_VALIDITY, lambda root, key, names, now: _tls_cert(root, key, names.hostname, now)),
-    _Leaf("signing", SIGNER_VALIDITY, lambda root, key, names, now: _signer_cert(root, key, names.organization, now)),
-    _Leaf("ra", RA_VALIDITY, lambda root, key, names, now: _ra_cert(root, key, names.organization, now)),
+    _Leaf("tls", TLS_VALIDITY, _tls_cert),
+    _Leaf("signing", SIGNER_VALIDITY, _signer_cert),
+    _Leaf("ra", RA_VALIDITY, _ra_cert("SCEP RA", _key_usage(digital_signature=True, key_encipherment=True))),
+    _Leaf("ra-encrypt", RA_VALIDITY, _ra_cert("SCEP RA Encryption", _key_usage(key_encipherment=True))),
+    _Leaf("ra-sign", RA_VALIDITY, _ra_cert("SCEP RA Signing", _key_usage(digital_signature=True))),
+    _Leaf("ocsp", OCSP_VALIDITY, _ocsp_cert),
 )
 
 
@@ -285,6 +373,7 @@ def bootstrap(
     report: Callable[[str], None],
     warn: Callable[[str], None] | None = None,
     create: bool = True,
+    publication: Publication = Publication(),
 ) -> Authority:
     """Load otad's identities from ``certs_dir``, creating whatever has never existed, then ``maintain`` them.
 
@@ -293,7 +382,8 @@ def bootstrap(
     without a CA stop the start: otad never silently replaces a key that may be in use.
     ``report`` receives one line per thing created or renewed, ``warn`` one per certificate
     that will soon be invalid. With ``create`` false (a check while otad runs) a missing file
-    is an error: nothing is created behind the running daemon's back.
+    is an error: nothing is created behind the running daemon's back. ``publication`` goes
+    into the certificates made now.
     """
     make_directory(certs_dir)
     ca_key_path, ca_cert_path = certs_dir / "ca.key", certs_dir / "ca.pem"
@@ -316,9 +406,9 @@ def bootstrap(
     if not _same_key(ca_cert, ca_key):
         raise BootstrapError(f"{ca_cert_path} does not match the key in {ca_key_path}")
     root = Identity(ca_cert, ca_key)
-    names = _Names(hostname, organization)
-    leaves = {leaf.name: _load_leaf(certs_dir, leaf, root, names, now, report) for leaf in _LEAVES}
-    authority = Authority(root=root, tls=leaves["tls"], signer=leaves["signing"], ra=leaves["ra"], certs_dir=certs_dir)
+    names = _Names(hostname, organization, publication)
+    leaves = {_FIELDS[leaf.name]: _load_leaf(certs_dir, leaf, root, names, now, report) for leaf in _LEAVES}
+    authority = Authority(root=root, certs_dir=certs_dir, publication=publication, **leaves)
     return maintain(authority, hostname=hostname, organization=organization, now=now, report=report, warn=warn or report)
 
 
@@ -374,15 +464,15 @@ def maintain(
 ) -> Authority:
     """Reissue otad's own leaf certificates that need it; return the authority to use from now on.
 
-    The TLS, profile-signing and RA certificates keep their keys: devices and SCEP clients hold
-    the RA certificate between requests (a reply to a request encrypted to the old certificate
-    must still decrypt), and a key that never leaves certs/ gains nothing from rotation that a
-    new certificate does not give. The TLS certificate is also reissued when it no longer
-    names ``hostname`` or breaks Apple's rules (an older otad made it). ``warn`` gets a line
-    for each certificate, the root included, that will be invalid soon.
+    The TLS, profile-signing, RA and OCSP certificates keep their keys: devices and SCEP clients
+    hold the RA certificates between requests (a reply to a request encrypted to the old
+    certificate must still decrypt), and a key that never leaves certs/ gains nothing from
+    rotation that a new certificate does not give. The TLS certificate is also reissued when it
+    no longer names ``hostname`` or breaks Apple's rules (an older otad made it). ``warn`` gets
+    a line for each certificate, the root included, that will be invalid soon.
     """
-    names = _Names(hostname, organization)
-    current = {"tls": authority.tls, "signing": authority.signer, "ra": authority.ra}
+    names = _Names(hostname, organization, authority.publication)
+    current = {leaf.name: authority.leaf(leaf.name) for leaf in _LEAVES}
     for leaf in _LEAVES:
         identity = current[leaf.name]
         reason = _renewal_reason(leaf, identity, authority.root, hostname, now)
@@ -395,7 +485,12 @@ def maintain(
             f"{cert.not_valid_after_utc:%Y-%m-%d}"
         )
         current[leaf.name] = Identity(cert, identity.key, identity.chain)
-    renewed = Authority(root=authority.root, tls=current["tls"], signer=current["signing"], ra=current["ra"], certs_dir=authority.certs_dir)
+    renewed = Authority(
+        root=authority.root,
+        certs_dir=authority.certs_dir,
+        publication=authority.publication,
+        **{_FIELDS[name]: identity for name, identity in current.items()},
+    )
     for name, identity, horizon in (
         ("root CA", authority.root, ROOT_WARN_BEFORE),
         *((leaf.name, current[leaf.name], WARN_BEFORE) for leaf in _LEAVES),
@@ -420,9 +515,24 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-# The device binding inside each certificate otad issues to a device; the store holds the same
-# binding by serial, and is what phase 3 trusts.
-UDID_URI_PREFIX = "urn:x-otad:udid:"
+# The device binding inside each certificate otad issues to a device: a subjectAltName otherName
+# holding the UDID as a UTF8String, under an OID of otad's own made from a UUID (X.667's 2.25
+# arc, which needs no registration). The store holds the same binding by serial, and is what
+# phase 3 trusts. otad 0.1 wrote a URI, urn:x-otad:udid:UDID, which linters refuse.
+UDID_OID = x509.ObjectIdentifier("2.25.113410333797721142133994108616408669486")
+LEGACY_UDID_URI_PREFIX = "urn:x-otad:udid:"
+
+
+def udid_name(udid: str) -> x509.OtherName:
+    encoded = udid.encode("utf-8")
+    return x509.OtherName(UDID_OID, b"\x0c" + bytes([len(encoded)]) + encoded)
+
+
+def _claims_binding(name: x509.GeneralName) -> bool:
+    """Whether a requested name would pose as otad's device binding (which only otad writes)."""
+    if isinstance(name, x509.OtherName):
+        return name.type_id == UDID_OID
+    return isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(LEGACY_UDID_URI_PREFIX)
 
 
 def issue_client_certificate(
@@ -437,12 +547,13 @@ def issue_client_certificate(
     lifetime: datetime.timedelta,
     allowed_usage: Sequence[str] = ("digitalSignature", "keyEncipherment"),
     copy_names: bool = False,
+    publication: Publication = Publication(),
 ) -> x509.Certificate:
-    """A client-authentication certificate for a SCEP request.
+    """A client-authentication certificate for a SCEP request, with where to check its revocation.
 
     Key usage is what the request asked for within ``allowed_usage`` (all of it when it asked
-    for none of those); requested SANs are copied only with ``copy_names``, and never a UDID
-    URI, which only otad writes: the device binding, when there is one.
+    for none of those); requested SANs are copied only with ``copy_names``, and never a name
+    posing as the UDID binding, which only otad writes: the device binding, when there is one.
     """
     try:
         asked = requested.get_extension_for_class(x509.KeyUsage).value
@@ -463,13 +574,10 @@ def issue_client_certificate(
             requested_names = requested.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
             requested_names = x509.SubjectAlternativeName([])
-        names.extend(
-            name
-            for name in requested_names
-            if not (isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(UDID_URI_PREFIX))
-        )
+        names.extend(name for name in requested_names if not _claims_binding(name))
     if udid is not None:
-        names.append(x509.UniformResourceIdentifier(UDID_URI_PREFIX + udid))
+        names.append(udid_name(udid))
     if names:
         extensions.append((x509.SubjectAlternativeName(names), False))
+    extensions.extend(publication.extensions())
     return issue(issuer, public_key, subject, now=now, lifetime=lifetime, extensions=extensions, serial=serial)

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from asn1crypto import algos, cms, core, parser
+from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -44,6 +45,7 @@ __all__ = [
     "SignatureInvalid",
     "Verified",
     "certs_only",
+    "crl_bag",
     "decrypt",
     "encrypt",
     "read_certs_only",
@@ -596,17 +598,22 @@ def _decrypt_content(
         content_key = key.decrypt(encrypted_key, padding.PKCS1v15())
     except ValueError:
         content_key = b""
-    if len(content_key) != spec.key_size:
-        # Carry on with a random key (Bleichenbacher countermeasure): a bad RSA block
-        # then fails where a bad CBC padding fails, with the same error.
+    key_is_bad = len(content_key) != spec.key_size
+    if key_is_bad:
+        # Carry on with a random key (Bleichenbacher countermeasure): a bad RSA block then
+        # costs the same work as a bad CBC padding and ends in the same error, even in the
+        # 1-in-256 case where the random key happens to give valid padding.
         content_key = os.urandom(spec.key_size)
     try:
         decryptor = Cipher(_block_cipher(cipher, content_key), modes.CBC(iv)).decryptor()
         padded = decryptor.update(ciphertext) + decryptor.finalize()
         unpadder = PKCS7(spec.block_size * 8).unpadder()
-        return unpadder.update(padded) + unpadder.finalize()
+        content = unpadder.update(padded) + unpadder.finalize()
     except ValueError:
         raise CMSError(_CANNOT_DECRYPT) from None
+    if key_is_bad:
+        raise CMSError(_CANNOT_DECRYPT)
+    return content
 
 
 def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
@@ -614,6 +621,23 @@ def certs_only(certs: Sequence[x509.Certificate]) -> bytes:
     if not certs:
         raise CMSError("a certificate bag needs at least one certificate")
     return pkcs7.serialize_certificates(_unique(certs), Encoding.DER)
+
+
+def crl_bag(crl_der: bytes) -> bytes:
+    """A degenerate SignedData carrying one CRL and nothing else (SCEP's GetCRL answer, RFC 8894 3.3.4).
+
+    Built here: cryptography serializes certificate bags but not CRL bags.
+    """
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [],
+            "encap_content_info": {"content_type": "data"},
+            "crls": [cms.RevocationInfoChoice(name="crl", value=asn1_crl.CertificateList.load(crl_der))],
+            "signer_infos": [],
+        }
+    )
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
 
 
 def read_certs_only(der: bytes) -> list[x509.Certificate]:

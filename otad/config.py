@@ -256,12 +256,15 @@ class Config:
     min_key_size: int = _setting("scep", "min_key_size", _int_in(1024, 2048, 3072, 4096), "2048")
     allow_legacy_1024: bool = _setting("scep", "allow_legacy_1024", _boolean, "no")
     ca_cert_format: str = _setting("scep", "ca_cert_format", _choice("ca-ra", "ca"), "ca-ra")
+    ra_layout: str = _setting("scep", "ra_layout", _choice("ndes", "single"), "ndes")
+    revoke_on_renew: bool = _setting("scep", "revoke_on_renew", _boolean, "no")
     allowed_key_usage: tuple[str, ...] = _setting("scep", "key_usage", _key_usages, "digitalSignature keyEncipherment")
     copy_subject_alt_names: bool = _setting("scep", "subject_alt_names", lambda text: _choice("drop", "copy")(text) == "copy", "drop")
     manual_approval: bool = _setting("scep", "approval", lambda text: _choice("auto", "manual")(text) == "manual", "auto")
     device_policy: str = _setting("device", "policy", _choice("strict", "log", "off"), "strict")
     device_anchors: Path | None = _setting("device", "anchors", _path, "")
     ca_key_size: int = _setting("ca", "key_size", _int_in(3072, 4096), "3072")
+    publish_url: str = _setting("ca", "publish_url", _public_url, "")
     # Empty means "<organization> otad Root CA"; load() fills it in.
     ca_common_name: str = _setting("ca", "common_name", _text, "")
 

@@ -219,6 +219,7 @@ class Enrollment:
         await self._commit_phase2(commit, udid)
         return payloads.scep_payload(
             url=f"{base_url}/scep",
+            ca_fingerprint=self._authority.root.cert.fingerprint(hashes.SHA1()),
             subject=subject,
             challenge=token,
             keysize=config.keysize,
@@ -260,6 +261,7 @@ class Enrollment:
                     now=issued_at,
                     lifetime=lifetime,
                     allowed_usage=config.allowed_key_usage,
+                    publication=self._authority.publication,
                 )
             )
 

@@ -638,8 +638,13 @@ def scep_payload(
     description: str = "Enrolls a device identity certificate over SCEP",
     key_usage: int = 5,
     name: str | None = None,
+    ca_fingerprint: bytes | None = None,
 ) -> Payload:
-    """Build a com.apple.security.scep payload; `subject` is Apple's array of [attribute, value] arrays."""
+    """Build a com.apple.security.scep payload; `subject` is Apple's array of [attribute, value] arrays.
+
+    ``ca_fingerprint`` (the SHA-1 of the CA certificate's DER, as Apple's reference server computes
+    it) lets the device check the CA it finds in GetCACert, so SCEP may run over plain HTTP.
+    """
     payload = _general(
         "com.apple.security.scep",
         identifier=identifier,
@@ -657,6 +662,8 @@ def scep_payload(
     }
     if name is not None:
         content["Name"] = name
+    if ca_fingerprint is not None:
+        content["CAFingerprint"] = ca_fingerprint
     payload["PayloadContent"] = content
     return _checked_payload(payload)
 

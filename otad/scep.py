@@ -361,21 +361,22 @@ def build_cert_rep(
     signer_key: rsa.RSAPrivateKey,
     fail_info: FailInfo | None = None,
     issued: Sequence[x509.Certificate] = (),
+    crl: bytes | None = None,
     cipher: str = "aes256",
     digest: str = "sha256",
     chain: Sequence[x509.Certificate] = (),
 ) -> bytes:
-    """Build the signed CertRep answering request.
+    """Build the signed CertRep answering request, carrying ``chain`` (the signer's issuers) beside the signer.
 
-    On SUCCESS the issued certificates are enveloped to the request's signer; otherwise
-    the content is empty. A FAILURE needs a fail_info, and only a FAILURE may have one.
-    Callers that were asked for single DES must choose "des3" instead.
+    On SUCCESS the issued certificates (or, for GetCRL, the CRL) are enveloped to the request's
+    signer; otherwise the content is empty. A FAILURE needs a fail_info, and only a FAILURE may
+    have one. Callers that were asked for single DES must choose "des3" instead.
     """
     status = PKIStatus(status)
     if (status is PKIStatus.FAILURE) != (fail_info is not None):
         raise ValueError("fail_info goes with a FAILURE status, and only with one")
-    if status is PKIStatus.SUCCESS and not issued:
-        raise ValueError("a SUCCESS CertRep needs the issued certificate")
+    if status is PKIStatus.SUCCESS and not issued and crl is None:
+        raise ValueError("a SUCCESS CertRep needs the issued certificate or the CRL")
     if cipher == "des":
         raise SCEPError("single DES is not allowed for a CertRep", FailInfo.badAlg)
     attributes = [
@@ -390,7 +391,8 @@ def build_cert_rep(
     content = b""
     if status is PKIStatus.SUCCESS:
         try:
-            content = cms.encrypt(cms.certs_only(issued), [request.signer], cipher)
+            bag = cms.crl_bag(crl) if crl is not None else cms.certs_only(issued)
+            content = cms.encrypt(bag, [request.signer], cipher)
         except cms.CMSError as exc:
             raise SCEPError(str(exc), FailInfo.badAlg) from None
     return cms.sign(

@@ -23,6 +23,7 @@ from otad.config import Config
 from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates
 from otad.pool import WorkerPool
+from otad.revocation import CRLPublisher
 from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, HeldRequest, Store, StoreThread
 
 log = Logger()
@@ -48,6 +49,16 @@ class _Decision:
     status: scep.PKIStatus
     issued: tuple[x509.Certificate, ...] = ()
     fail_info: scep.FailInfo | None = None
+    crl: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Recipient:
+    """A certificate a client may encrypt its request to, and who signs the reply to such a request."""
+
+    decrypts: Identity
+    signs: Identity
+    name: str
 
 
 def _reply_digest(request_digest: str) -> str:
@@ -61,7 +72,7 @@ def _reply_cipher(request_cipher: str) -> str:
 
 
 class SCEPResponder:
-    """Answers GetCACaps, GetCACert and PKIOperation (PKCSReq, RenewalReq, CertPoll, GetCert)."""
+    """Answers GetCACaps, GetCACert and PKIOperation (PKCSReq, RenewalReq, CertPoll, GetCert, GetCRL)."""
 
     def __init__(
         self,
@@ -71,29 +82,45 @@ class SCEPResponder:
         crypto: WorkerPool,
         clock: IReactorTime,
         issued: IssuedCertificates,
+        crls: CRLPublisher | None = None,
     ) -> None:
         self._config = config
         self._issued = issued
+        self._crls = crls
         self._authority = authority
         self._store = store
         self._crypto = crypto
         self._clock = clock
 
-    @property
-    def _responder(self) -> Identity:
-        """With an RA (the default) the RA decrypts requests and signs replies; otherwise the CA does.
+    def _recipients(self) -> list[_Recipient]:
+        """Who a client may have encrypted to, first choice first, and who signs the reply then.
 
-        Read on every request: otad renews the RA certificate while it runs.
+        The reply is signed by the key the client encrypted to when that key may sign: a client
+        that pinned the CA checks the CA's signature, one that used the single RA the RA's. In the
+        NDES layout the encryption RA may not sign, so the signing RA does, as NDES clients expect;
+        every CertRep also carries the signer's certificate and the CA, for clients that check the
+        signer's chain. Read on every request: otad renews these certificates while it runs.
         """
-        return self._authority.ra if self._config.ca_cert_format == "ca-ra" else self._authority.root
+        authority = self._authority
+        root = _Recipient(authority.root, authority.root, "CA")
+        if self._config.ca_cert_format == "ca":
+            return [root]
+        if self._config.ra_layout == "ndes":
+            return [
+                _Recipient(authority.ra_encrypt, authority.ra_sign, "encryption RA"),
+                _Recipient(authority.ra_sign, authority.ra_sign, "signing RA"),
+                root,
+            ]
+        return [_Recipient(authority.ra, authority.ra, "RA"), root]
 
     def capabilities(self) -> bytes:
         return "".join(f"{capability}\n" for capability in self._config.scep_capabilities).encode("ascii")
 
     def ca_certificates(self) -> tuple[bytes, bytes]:
-        """GetCACert's content type and body."""
+        """GetCACert's content type and body: the CA alone, or the CA with the RA certificates."""
         if self._config.ca_cert_format == "ca-ra":
-            return CA_RA_CERT, cms.certs_only([self._authority.root.cert, self._authority.ra.cert])
+            certs = {recipient.decrypts.cert: None for recipient in self._recipients()}
+            return CA_RA_CERT, cms.certs_only(list(certs))
         return CA_CERT, self._authority.root.cert.public_bytes(serialization.Encoding.DER)
 
     async def pki_operation(self, der: bytes, transport: str) -> bytes:
@@ -111,15 +138,14 @@ class SCEPResponder:
             transaction=message.transaction_id,
         )
         cipher = "aes256"
-        # Answer with the key the client encrypted to: a client that pinned the CA (scepclient
-        # with -ca-fingerprint) checks the reply against the CA alone, one that used the RA against the RA.
-        responder = self._responder
+        responder = self._recipients()[0].signs
         try:
             if message.message_type not in (
                 scep.MessageType.PKCSReq,
                 scep.MessageType.RenewalReq,
                 scep.MessageType.CertPoll,
                 scep.MessageType.GetCert,
+                scep.MessageType.GetCRL,
             ):
                 raise _Failure(scep.FailInfo.badRequest, f"unsupported messageType {message.message_type}")
             opened, responder = await self._open(message)
@@ -128,6 +154,8 @@ class SCEPResponder:
                 decision = await self._poll(message)
             elif message.message_type == scep.MessageType.GetCert:
                 decision = await self._get_cert(opened.content)
+            elif message.message_type == scep.MessageType.GetCRL:
+                decision = self._get_crl(opened.content)
             else:
                 decision = await self._enroll(message, opened.content, opened.cipher)
         except _Failure as failure:
@@ -142,18 +170,17 @@ class SCEPResponder:
                 signer_key=responder.key,
                 fail_info=decision.fail_info,
                 issued=decision.issued,
+                crl=decision.crl,
                 cipher=cipher,
                 digest=_reply_digest(message.digest),
+                chain=responder.chain,
             )
         )
 
     async def _open(self, message: scep.PKIMessage) -> tuple[cms.Decrypted, Identity]:
-        """Decrypt the envelope with the RA key, or the CA key for clients that encrypted to the CA."""
-        responder = self._responder
-        candidates = [responder]
-        if responder is not self._authority.root:
-            candidates.append(self._authority.root)
-        for identity in candidates:
+        """Decrypt the envelope with whichever of otad's keys it was encrypted to; return who signs the reply."""
+        for recipient in self._recipients():
+            identity = recipient.decrypts
             try:
                 opened = await self._crypto.run(scep.open_envelope, message, identity.cert, identity.key)
             except (cms.CMSError, scep.SCEPError):
@@ -162,9 +189,9 @@ class SCEPResponder:
                 "SCEP envelope cipher {cipher}, to the {who}",
                 cipher=opened.cipher,
                 transaction=message.transaction_id,
-                who="CA" if identity is self._authority.root else "RA",
+                who=recipient.name,
             )
-            return opened, identity
+            return opened, recipient.signs
         raise _Failure(scep.FailInfo.badMessageCheck, "cannot decrypt the request's envelope")
 
     def _now(self) -> float:
@@ -293,6 +320,7 @@ class SCEPResponder:
                     lifetime=lifetime,
                     allowed_usage=self._config.allowed_key_usage,
                     copy_names=self._config.copy_subject_alt_names,
+                    publication=self._authority.publication,
                 )
             )
             try:
@@ -307,6 +335,7 @@ class SCEPResponder:
                         now=now,
                         renewing=renewing,
                         held=held,
+                        revoke_replaced=self._config.revoke_on_renew,
                     )
                 )
             except DuplicateSerial:
@@ -314,6 +343,8 @@ class SCEPResponder:
             except ChallengeRefused as error:
                 # Someone used the challenge while this certificate was being signed; it is never sent.
                 raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+            if renewing is not None and self._config.revoke_on_renew and self._crls is not None:
+                self._crls.republish()
             log.info(
                 "issued certificate {serial} for {udid} ({kind}, request cipher {cipher})",
                 serial=serial_hex(serial),
@@ -337,8 +368,10 @@ class SCEPResponder:
         now: float,
         renewing: CertificateRecord | None,
         held: HeldRequest | None,
+        revoke_replaced: bool,
     ) -> None:
-        """Use the challenge and record the certificate in one transaction (runs on the store thread)."""
+        """Use the challenge and record the certificate in one transaction (runs on the store thread);
+        with ``revoke_replaced`` a renewal also revokes the certificate it replaces, as superseded."""
         with store.transaction():
             challenge_id = held.challenge_id if held is not None else None
             if digest is not None:
@@ -366,6 +399,8 @@ class SCEPResponder:
                 serial=serial,
                 reason=f"renewal of {renewing.serial}" if renewing else f"transaction {message.transaction_id}",
             )
+            if renewing is not None and revoke_replaced and store.revoke(renewing.serial, reason="superseded", now=now):
+                store.record_event(now=now, kind="certificate", outcome="revoked", serial=renewing.serial, reason="superseded")
 
     async def _renewal_source(self, message: scep.PKIMessage) -> CertificateRecord | None:
         """The valid, unrevoked otad certificate that signed this request, if any: then no challenge is needed."""
@@ -382,6 +417,19 @@ class SCEPResponder:
         if held is None:
             raise _Failure(scep.FailInfo.badCertId, "no certificate for this transaction")
         return await self._decide_held(message, held)
+
+    def _get_crl(self, payload: bytes) -> _Decision:
+        """GetCRL: the CA's current CRL, for the issuer named in the request's IssuerAndSerialNumber."""
+        try:
+            issuer, _ = scep.parse_issuer_and_serial(payload)
+        except scep.SCEPError as error:
+            raise _Failure(scep.FailInfo.badRequest, f"bad GetCRL request: {error}") from None
+        if issuer != self._authority.root.cert.subject:
+            raise _Failure(scep.FailInfo.badCertId, "not an issuer otad knows")
+        current = self._crls.current if self._crls is not None else None
+        if current is None:
+            raise _Failure(scep.FailInfo.badRequest, "no CRL has been published yet")
+        return _Decision(scep.PKIStatus.SUCCESS, crl=current)
 
     async def _get_cert(self, payload: bytes) -> _Decision:
         try:

@@ -20,13 +20,16 @@ from otad.device_trust import DeviceTrust
 from otad.enrollment import Enrollment
 from otad.issued import IssuedCertificates
 from otad.logins import LoginGuard, LoginPolicy
+from otad.ocsp import OCSPResponder
 from otad.pool import WorkerPool
 from otad.resources.ca import RootCertificate
 from otad.resources.enroll import EnrollResource
 from otad.resources.profile import ProfileRequest
+from otad.resources.revocation import CRLResource, OCSPResource
 from otad.resources.root import Root
 from otad.resources.scep import SCEPResource
 from otad.resources.welcome import WelcomePage
+from otad.revocation import CRLPublisher
 from otad.scep_responder import SCEPResponder
 from otad.store import StoreThread
 from otad.templates import Template
@@ -43,8 +46,9 @@ def build_site(
     clock: IReactorTime,
     device_trust: DeviceTrust,
     profile_templates: Sequence[Template],
+    crls: CRLPublisher,
 ) -> OtadSite:
-    """``/``, ``/CA``, ``/enroll``, ``/profile`` and ``/scep`` over the given store, pools and clock."""
+    """``/``, ``/CA``, ``/enroll``, ``/profile``, ``/scep``, ``/crl`` and ``/ocsp`` over the given store, pools and clock."""
     issued = IssuedCertificates(authority, store)
     enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued)
     checker = HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file)
@@ -56,7 +60,9 @@ def build_site(
             b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
             b"enroll": EnrollResource(enrollment, guard, settings.realm, settings.public_url, settings.allow_plain_http_login),
             b"profile": ProfileRequest(enrollment, settings.public_url),
-            b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued)),
+            b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued, crls)),
+            b"crl": CRLResource(crls),
+            b"ocsp": OCSPResource(OCSPResponder(authority, store, crypto, clock)),
         }
     )
     limits = Limits(

@@ -92,6 +92,23 @@ _CERTIFICATE_COLUMNS = "serial, udid, subject, not_before, not_after, der, chall
 
 
 @dataclass(frozen=True)
+class Revocation:
+    serial: str
+    revoked: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CRLRecord:
+    number: int
+    this_update: float
+    next_update: float
+    revocations: int
+    newest_revocation: float | None
+    der: bytes
+
+
+@dataclass(frozen=True)
 class HeldRequest:
     """A SCEP request waiting for (or given) an admin's decision."""
 
@@ -420,13 +437,39 @@ class Store:
         return [CertificateRecord(*row) for row in rows]
 
     def revoke(self, serial: str, *, reason: str, now: float) -> bool:
-        """Mark a certificate revoked; returns False if there is no such (unrevoked) certificate."""
+        """Mark a certificate revoked with an RFC 5280 reason name; False if there is no such (unrevoked) certificate."""
         with self.transaction() as db:
             changed = db.execute(
                 "UPDATE certificates SET revoked = ?, revocation_reason = ? WHERE serial = ? AND revoked IS NULL",
                 (now, reason, serial),
             ).rowcount
         return bool(changed)
+
+    def revocations(self, *, now: float) -> list[Revocation]:
+        """Every revoked certificate that has not yet expired, oldest revocation first: what a CRL lists."""
+        rows = self._db.execute(
+            "SELECT serial, revoked, revocation_reason FROM certificates WHERE revoked IS NOT NULL AND not_after > ? ORDER BY revoked",
+            (now,),
+        )
+        return [Revocation(*row) for row in rows]
+
+    # -- CRLs -------------------------------------------------------------------------------------
+
+    def latest_crl(self) -> CRLRecord | None:
+        row = self._db.execute(
+            "SELECT number, this_update, next_update, revocations, newest_revocation, der FROM crls ORDER BY number DESC LIMIT 1"
+        ).fetchone()
+        return CRLRecord(*row) if row else None
+
+    def add_crl(self, record: CRLRecord) -> bool:
+        """Keep a newly signed CRL; False if another otad already stored one with that number."""
+        with self.transaction() as db:
+            added = db.execute(
+                "INSERT INTO crls (number, this_update, next_update, revocations, newest_revocation, der) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (number) DO NOTHING",
+                (record.number, record.this_update, record.next_update, record.revocations, record.newest_revocation, record.der),
+            ).rowcount
+        return bool(added)
 
     # -- SCEP requests held for manual approval -------------------------------------------------
 

@@ -31,12 +31,13 @@ from zope.interface import provider
 
 from otad import __version__, systemd
 from otad import config as configuration
-from otad.ca import Authority, bootstrap
+from otad.ca import Authority, Publication, bootstrap
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.files import check_writer, make_directory
 from otad.pool import WorkerPool
 from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
+from otad.revocation import CRLPublisher
 from otad.site import build_site
 from otad.store import Store, StoreThread
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
@@ -179,6 +180,7 @@ class OtadService(MultiService):
         if settings.json_log is not None:
             JSONLogService(settings.json_log).setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        self.authority: Authority | None = None
         self.keeper: CertificateKeeper | None = None
         self.ready: Deferred[None] | None = None
 
@@ -203,6 +205,12 @@ class OtadService(MultiService):
         settings = self.settings
 
         def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Authority:
+            # Certificates made now name where relying parties check them, once that is known.
+            publication = (
+                self.authority.publication
+                if self.authority is not None
+                else Publication(settings.publish_url or settings.public_url or None)
+            )
             return bootstrap(
                 settings.certs_dir,
                 hostname=settings.hostname,
@@ -213,6 +221,7 @@ class OtadService(MultiService):
                 report=report,
                 warn=warn,
                 create=create,
+                publication=publication,
             )
 
         return load
@@ -232,6 +241,10 @@ class OtadService(MultiService):
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
+        self.authority = authority
+        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor)
+        await crls.check()
+        crls.setServiceParent(self)
         site = build_site(
             settings,
             authority,
@@ -241,8 +254,11 @@ class OtadService(MultiService):
             self._reactor,
             DeviceTrust(settings.device_policy, anchors),
             profile_templates,
+            crls,
         )
         urls, own_tls, operators = await self._listen(site, authority, now)
+        if authority.publication.base is None:
+            authority.publication = Publication(urls[0])
         self.keeper = CertificateKeeper(
             authority, self._authority_loader(create=False), own_tls, operators, settings.hostname, self.crypto, self._reactor
         )

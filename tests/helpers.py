@@ -73,6 +73,7 @@ class MemorySite:
 
         from otad import config, users
         from otad.device_trust import DeviceTrust
+        from otad.revocation import CRLPublisher
         from otad.site import build_site
         from otad.tap import load_profile_templates
 
@@ -84,6 +85,7 @@ class MemorySite:
         self.store = InlineStoreThread(self.settings.database)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
+        self.crls = CRLPublisher(self.authority, self.store, pool, self.clock)
         self.site = build_site(
             self.settings,
             self.authority,
@@ -93,6 +95,7 @@ class MemorySite:
             self.clock,
             DeviceTrust(policy, anchors),
             load_profile_templates(self.settings.templates),
+            self.crls,
         )
         self.treq = StubTreq(self.site.resource)
 
@@ -126,15 +129,24 @@ def webclip(*, url: str, label: str, identifier: str, organization: str = "Examp
     }
 
 
+# otad's device binding: a subjectAltName otherName under this OID (2.25: made from a UUID) holding the
+# UDID as a UTF8String; otad 0.1 wrote a urn:x-otad:udid: URI instead.
+UDID_OID = "2.25.113410333797721142133994108616408669486"
+
+
 def device_binding(cert: Any) -> str | None:
-    """The UDID in the ``urn:x-otad:udid:`` URI of an otad device certificate, read independently of otad's code."""
+    """The UDID an otad device certificate is bound to, read independently of otad's code."""
     from cryptography import x509
 
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith("urn:x-otad:udid:"):
-            return str(uri[len("urn:x-otad:udid:") :])
+    for name in san:
+        if isinstance(name, x509.OtherName) and name.type_id.dotted_string == UDID_OID:
+            value = name.value
+            assert value[0] == 0x0C and value[1] == len(value) - 2, "a short DER UTF8String"
+            return str(value[2:].decode("utf-8"))
+        if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith("urn:x-otad:udid:"):
+            return str(name.value[len("urn:x-otad:udid:") :])
     return None

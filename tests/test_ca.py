@@ -62,10 +62,12 @@ class BootstrapTests(unittest.TestCase):
         return target
 
     def test_first_start_creates_everything(self) -> None:
-        """An empty certs/ gets a CA, a TLS, a profile-signing and an RA identity, each reported."""
+        """An empty certs/ gets a CA, a TLS, a profile-signing, three RA (single, encryption, signing) and an OCSP
+        responder identity, each key and certificate reported."""
         names = sorted(p.name for p in self.template.iterdir())
-        self.assertEqual(names, sorted(f"{n}.{e}" for n in ("ca", "tls", "signing", "ra") for e in ("key", "pem")))
-        self.assertEqual(len(self.lines), 8)
+        leaves = ("ca", "tls", "signing", "ra", "ra-encrypt", "ra-sign", "ocsp")
+        self.assertEqual(names, sorted(f"{n}.{e}" for n in leaves for e in ("key", "pem")))
+        self.assertEqual(len(self.lines), 14)
 
     def test_private_keys_are_0600(self) -> None:
         """Every private key file is readable by its owner only; no temporary files are left behind."""
@@ -83,7 +85,8 @@ class BootstrapTests(unittest.TestCase):
 
     def test_root_ca_shape(self) -> None:
         """The root is a self-signed SHA-256 CA of the configured size for ten years: critical basicConstraints CA
-        (no intermediates below it), critical keyUsage keyCertSign and cRLSign only, and a subject key identifier."""
+        (no intermediates below it), critical keyUsage keyCertSign and cRLSign only, and subject and authority key
+        identifiers (the same)."""
         cert = self.authority.root.cert
         self.assertEqual(cert.issuer, cert.subject)
         cert.verify_directly_issued_by(cert)
@@ -98,12 +101,15 @@ class BootstrapTests(unittest.TestCase):
             (True, True, False, False),
         )
         self.assertEqual(_extension(cert, x509.SubjectKeyIdentifier).value, x509.SubjectKeyIdentifier.from_public_key(cert.public_key()))
+        self.assertEqual(
+            _extension(cert, x509.AuthorityKeyIdentifier).value.key_identifier, _extension(cert, x509.SubjectKeyIdentifier).value.digest
+        )
         self.assertEqual(cert.not_valid_after_utc - cert.not_valid_before_utc, ca.CA_VALIDITY)
 
     def test_tls_certificate_meets_apple_rules(self) -> None:
         """The TLS certificate meets Apple's rules: at most 825 days from notBefore to notAfter (backdating included),
         the host name in subjectAltName (with 127.0.0.1 and ::1), EKU serverAuth only, RSA 2048, SHA-256; and RFC 5280's:
-        not a CA (critical), critical keyUsage digitalSignature + keyEncipherment, SKI, and AKI naming the root's key."""
+        not a CA (critical), critical keyUsage digitalSignature (ECDHE only signs), SKI, and AKI naming the root's key."""
         cert = self.authority.tls.cert
         validity = cert.not_valid_after_utc - cert.not_valid_before_utc
         self.assertLessEqual(validity, datetime.timedelta(days=825))
@@ -112,12 +118,12 @@ class BootstrapTests(unittest.TestCase):
         self.assertEqual(cert.public_key().key_size, 2048)
         self.assertEqual(cert.signature_hash_algorithm.name, "sha256")
         san = _extension(cert, x509.SubjectAlternativeName).value
-        self.assertEqual(san.get_values_for_type(x509.DNSName), ["otad.test", "localhost"])
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["otad.test"])
         self.assertEqual([str(a) for a in san.get_values_for_type(x509.IPAddress)], ["127.0.0.1", "::1"])
         self.assertEqual(list(_extension(cert, x509.ExtendedKeyUsage).value), [ExtendedKeyUsageOID.SERVER_AUTH])
         self.assertLeafBasics(cert)
         usage = _extension(cert, x509.KeyUsage).value
-        self.assertEqual((usage.digital_signature, usage.key_encipherment, usage.key_cert_sign), (True, True, False))
+        self.assertEqual((usage.digital_signature, usage.key_encipherment, usage.key_cert_sign), (True, False, False))
 
     def assertLeafBasics(self, cert: x509.Certificate) -> None:
         """What RFC 5280 asks of every end-entity certificate otad issues."""
@@ -152,6 +158,27 @@ class BootstrapTests(unittest.TestCase):
         usage = _extension(cert, x509.KeyUsage).value
         self.assertTrue(usage.digital_signature and usage.key_encipherment)
         self.assertEqual(cert.not_valid_after_utc - cert.not_valid_before_utc, ca.RA_VALIDITY)
+
+    def test_ndes_ra_certificates(self) -> None:
+        """The NDES layout's RAs: an encryption RA with keyEncipherment only and a signing RA with digitalSignature
+        only, both leaves of the root for three years."""
+        for identity, expected in ((self.authority.ra_encrypt, (False, True)), (self.authority.ra_sign, (True, False))):
+            self.assertLeafBasics(identity.cert)
+            usage = _extension(identity.cert, x509.KeyUsage).value
+            self.assertEqual((usage.digital_signature, usage.key_encipherment), expected)
+            self.assertEqual(identity.cert.not_valid_after_utc - identity.cert.not_valid_before_utc, ca.RA_VALIDITY)
+
+    def test_ocsp_responder_certificate(self) -> None:
+        """The delegated OCSP responder: a leaf with critical keyUsage digitalSignature only, EKU OCSPSigning only,
+        id-pkix-ocsp-nocheck, and no CRL distribution point or AIA of its own."""
+        cert = self.authority.ocsp.cert
+        self.assertLeafBasics(cert)
+        usage = _extension(cert, x509.KeyUsage).value
+        self.assertEqual((usage.digital_signature, usage.key_encipherment), (True, False))
+        self.assertEqual(list(_extension(cert, x509.ExtendedKeyUsage).value), [ExtendedKeyUsageOID.OCSP_SIGNING])
+        _extension(cert, x509.OCSPNoCheck)
+        for kind in (x509.CRLDistributionPoints, x509.AuthorityInformationAccess):
+            self.assertRaises(x509.ExtensionNotFound, cert.extensions.get_extension_for_class, kind)
 
     def test_missing_key_is_not_regenerated(self) -> None:
         """A certificate whose key has vanished stops the start instead of silently getting a new key."""
@@ -195,13 +222,14 @@ class BootstrapTests(unittest.TestCase):
         self.assertEqual(authority.signer.cert, self.authority.signer.cert)
 
     def test_not_renewed_early(self) -> None:
-        """With more than 60 days left nothing is renewed and nothing is reported."""
+        """With more than 60 days left the TLS certificate is not renewed, and nothing is reported of it."""
         directory = self.copy()
         authority, lines = _bootstrap(directory, now=NOW + ca.TLS_VALIDITY - 61 * DAY)
-        self.assertEqual((authority.tls.cert, lines), (self.authority.tls.cert, []))
+        self.assertEqual(authority.tls.cert, self.authority.tls.cert)
+        self.assertEqual([line for line in lines if "tls.pem" in line], [])
 
     def test_signing_and_ra_renewed_with_same_keys(self) -> None:
-        """Near the end of three years the signing and RA certificates are renewed for their keys; the TLS one too."""
+        """Near the end of three years the signing and RA certificates are renewed for their keys; the TLS and OCSP ones too."""
         directory = self.copy()
         later = NOW + ca.SIGNER_VALIDITY - 10 * DAY
         authority, lines = _bootstrap(directory, now=later)
@@ -210,7 +238,7 @@ class BootstrapTests(unittest.TestCase):
             self.assertEqual(renewed.cert.public_key(), old.key.public_key())
             self.assertEqual(renewed.cert.not_valid_before_utc, later - ca.CLOCK_SKEW)
             self.assertEqual(renewed.cert.subject, old.cert.subject)
-        self.assertEqual(len([line for line in lines if line.startswith("renewed")]), 3)
+        self.assertEqual(len([line for line in lines if line.startswith("renewed")]), 6)
 
     def test_warnings_near_the_root_end(self) -> None:
         """Near the root's end leaves cannot outlast it: each own certificate within 30 days of the root's end is
@@ -223,9 +251,9 @@ class BootstrapTests(unittest.TestCase):
         self.assertIn("root CA expires on", warnings[0])
         warnings.clear()
         authority, _ = _bootstrap(directory, now=root_end - 20 * DAY, warnings=warnings)
-        self.assertEqual(len(warnings), 4, warnings)
+        self.assertEqual(len(warnings), 7, warnings)
         self.assertTrue(all("cannot be renewed past the root CA's end" in line for line in warnings[1:]), warnings)
-        for identity in (authority.tls, authority.signer, authority.ra):
+        for identity in (authority.tls, authority.signer, authority.ra, authority.ra_encrypt, authority.ra_sign, authority.ocsp):
             self.assertEqual(identity.cert.not_valid_after_utc, root_end)
         warnings.clear()
         _, lines = _bootstrap(directory, now=root_end - 19 * DAY, warnings=warnings)
@@ -236,7 +264,7 @@ class BootstrapTests(unittest.TestCase):
         directory = self.copy()
         authority, lines = _bootstrap(directory, hostname="other.test")
         san = _extension(authority.tls.cert, x509.SubjectAlternativeName).value
-        self.assertEqual(san.get_values_for_type(x509.DNSName), ["other.test", "localhost"])
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["other.test"])
         self.assertEqual(authority.tls.key.public_key(), self.authority.tls.key.public_key())
         self.assertTrue(any("does not name other.test" in line for line in lines), lines)
 
@@ -246,7 +274,7 @@ class BootstrapTests(unittest.TestCase):
         authority, _ = _bootstrap(directory, hostname="192.0.2.7")
         san = _extension(authority.tls.cert, x509.SubjectAlternativeName).value
         self.assertEqual([str(a) for a in san.get_values_for_type(x509.IPAddress)], ["192.0.2.7", "127.0.0.1", "::1"])
-        self.assertEqual(san.get_values_for_type(x509.DNSName), ["localhost"])
+        self.assertEqual(san.get_values_for_type(x509.DNSName), [])
 
     def test_old_tls_certificate_is_reissued(self) -> None:
         """A TLS certificate made by an older otad (825 days from now, plus 5 minutes' backdating) breaks Apple's rule
@@ -350,9 +378,10 @@ class ClientCertificateTests(unittest.TestCase):
         self.assertEqual(device_binding(cert), "UDID-1")
 
     def test_requested_names_dropped_or_copied(self) -> None:
-        """Requested SANs are dropped by default; with copy_names they are kept, but a forged UDID URI never is."""
+        """Requested SANs are dropped by default; with copy_names they are kept, but a forged UDID binding (otherName or
+        the old URI form) never is."""
         requested = x509.SubjectAlternativeName(
-            [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ca.UDID_URI_PREFIX + "FORGED")]
+            [x509.DNSName("host.example"), x509.UniformResourceIdentifier(ca.LEGACY_UDID_URI_PREFIX + "FORGED"), ca.udid_name("FORGED")]
         )
         dropped = self.issue([requested]).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(dropped.get_values_for_type(x509.DNSName), [])
@@ -360,4 +389,46 @@ class ClientCertificateTests(unittest.TestCase):
         copied = copied_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(copied.get_values_for_type(x509.DNSName), ["host.example"])
         self.assertEqual(device_binding(copied_cert), "UDID-1")
-        self.assertNotIn(ca.UDID_URI_PREFIX + "FORGED", copied.get_values_for_type(x509.UniformResourceIdentifier))
+        self.assertNotIn(ca.LEGACY_UDID_URI_PREFIX + "FORGED", copied.get_values_for_type(x509.UniformResourceIdentifier))
+        self.assertEqual(len([name for name in copied if isinstance(name, x509.OtherName)]), 1)
+
+
+class PublicationTests(unittest.TestCase):
+    def test_device_certificate_says_where_to_check_revocation(self) -> None:
+        """With a known publication URL, a device certificate carries a CRL distribution point (BASE/crl) and an AIA
+        with the OCSP responder (BASE/ocsp) and the CA certificate (BASE/CA); without one, neither."""
+        _, authority, _ = _first_start()
+        key = authority.ra.key
+        publication = ca.Publication("https://otad.example.com:8443")
+        cert = ca.issue_client_certificate(
+            authority.root,
+            key.public_key(),
+            x509.Name([]),
+            x509.Extensions([]),
+            udid="UDID-1",
+            serial=2**70,
+            now=NOW,
+            lifetime=datetime.timedelta(days=30),
+            publication=publication,
+        )
+        points = _extension(cert, x509.CRLDistributionPoints).value
+        self.assertEqual([name.value for point in points for name in point.full_name], ["https://otad.example.com:8443/crl"])
+        access = {(item.access_method, item.access_location.value) for item in _extension(cert, x509.AuthorityInformationAccess).value}
+        self.assertEqual(
+            access,
+            {
+                (x509.oid.AuthorityInformationAccessOID.OCSP, "https://otad.example.com:8443/ocsp"),
+                (x509.oid.AuthorityInformationAccessOID.CA_ISSUERS, "https://otad.example.com:8443/CA"),
+            },
+        )
+        bare = ca.issue_client_certificate(
+            authority.root,
+            key.public_key(),
+            x509.Name([]),
+            x509.Extensions([]),
+            udid=None,
+            serial=2**70 + 1,
+            now=NOW,
+            lifetime=datetime.timedelta(days=30),
+        )
+        self.assertRaises(x509.ExtensionNotFound, bare.extensions.get_extension_for_class, x509.CRLDistributionPoints)

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from tests.daemon import Daemon, DaemonExited
 from tests.fakeapple import FakeAppleHierarchy
 from tests.fakedevice import FakeDevice, SCEPRefused, UnexpectedResponse
+from tests.helpers import device_binding
 
 
 class DaemonTests(unittest.TestCase):
@@ -126,8 +127,7 @@ class DaemonTests(unittest.TestCase):
                 cert = await device.scep_enroll(profile["PayloadContent"][0], use_get=use_get)
                 cert.verify_directly_issued_by(root)
                 self.assertEqual(cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value, udid)
-                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                self.assertIn(f"urn:x-otad:udid:{udid}", san.get_values_for_type(x509.UniformResourceIdentifier))
+                self.assertEqual(device_binding(cert), udid)
                 # The SCEP challenge is one-time: the same payload can't enroll twice.
                 with self.assertRaises(SCEPRefused):
                     await device.scep_enroll(profile["PayloadContent"][0])

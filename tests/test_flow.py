@@ -20,6 +20,7 @@ from otad.store import Store
 from tests.daemon import Daemon
 from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
 from tests.fakedevice import FakeDevice, UnexpectedResponse
+from tests.helpers import device_binding
 
 
 @functools.cache
@@ -134,8 +135,7 @@ class FlowTests(unittest.TestCase):
             self.assertTrue(payload["Password"])
             device.install_pkcs12(payload)
             assert device.scep_identity is not None
-            san = device.scep_identity[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            self.assertIn(f"urn:x-otad:udid:{device.udid}", san.get_values_for_type(x509.UniformResourceIdentifier))
+            self.assertEqual(device_binding(device.scep_identity[0]), device.udid)
             outer, payloads = await device.phase3()
             self.check_configuration(daemon, device, outer, payloads)
 

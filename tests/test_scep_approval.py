@@ -69,7 +69,7 @@ class SCEPApprovalTests(unittest.TestCase):
         return build_pkcs_req(
             self.key,
             self.signer[0],
-            authority().ra.cert,
+            authority().ra_encrypt.cert,
             subject=[[["CN", "approval-test"]]],
             challenge=challenge,
         )
@@ -78,7 +78,7 @@ class SCEPApprovalTests(unittest.TestCase):
         """A CertPoll (GetCertInitial) for the request's transaction, as RFC 8894 section 3.3.3 builds it."""
         body = authority().root.cert.subject.public_bytes() + request.csr.subject.public_bytes()
         issuer_and_subject = b"\x30" + _length(len(body)) + body
-        envelope = cms.encrypt(issuer_and_subject, [authority().ra.cert], "aes256")
+        envelope = cms.encrypt(issuer_and_subject, [authority().ra_encrypt.cert], "aes256")
         nonce = os.urandom(16)
         attributes = [
             (MESSAGE_TYPE, core.PrintableString("20").dump()),
@@ -89,7 +89,9 @@ class SCEPApprovalTests(unittest.TestCase):
         return dataclasses.replace(request, der=der, sender_nonce=nonce), der
 
     def answer(self, request: PKIRequest, reply: bytes) -> x509.Certificate:
-        return parse_cert_rep(reply, ca_certs=[authority().root.cert, authority().ra.cert], request=request, key=self.key)
+        return parse_cert_rep(
+            reply, ca_certs=[authority().root.cert, authority().ra_sign.cert, authority().ra_encrypt.cert], request=request, key=self.key
+        )
 
     def test_pending_then_approved(self) -> None:
         """A PKCSReq is held (PENDING, challenge used); polls stay PENDING; after approval the poll gets the certificate."""

@@ -169,7 +169,9 @@ class SCEPResponderTests(unittest.TestCase):
         self.addCleanup(self.db.close)
         self.pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
-        self.ca_certs = [self.authority.root.cert, self.authority.ra.cert]
+        # The default NDES layout: clients encrypt to the encryption RA, replies come from the signing RA.
+        self.recipient = self.authority.ra_encrypt.cert
+        self.ca_certs = [self.authority.root.cert, self.authority.ra_sign.cert, self.authority.ra_encrypt.cert]
         self.responder = self.make_responder(self.settings, self.authority)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -207,7 +209,7 @@ class SCEPResponderTests(unittest.TestCase):
         return build_pkcs_req(
             key,
             signer[0],
-            self.authority.ra.cert,
+            self.recipient,
             subject=SUBJECT,
             challenge=challenge,
             key_usage=5,
@@ -333,7 +335,7 @@ class SCEPResponderTests(unittest.TestCase):
         key = _key(0)
         csr = bytearray(build_csr(key, SUBJECT, token).public_bytes(serialization.Encoding.DER))
         csr[-1] ^= 0x01  # the last octet belongs to the signature BIT STRING
-        request = _pki_message("19", bytes(csr), _signer(0), self.authority.ra.cert, transaction_id="BADCSR")
+        request = _pki_message("19", bytes(csr), _signer(0), self.recipient, transaction_id="BADCSR")
         self.assertEqual(self.refused(request, key), BAD_MESSAGE_CHECK)
         self.assertEqual(self.uses_left(token), 1)
         self.assertEqual(self.db.certificates(), [])
@@ -350,7 +352,7 @@ class SCEPResponderTests(unittest.TestCase):
         token, _ = self.challenge()
         csr = build_csr(_key(0), SUBJECT, token)
         request = _pki_message(
-            "99", csr.public_bytes(serialization.Encoding.DER), _signer(0), self.authority.ra.cert, transaction_id="T99", csr=csr
+            "99", csr.public_bytes(serialization.Encoding.DER), _signer(0), self.recipient, transaction_id="T99", csr=csr
         )
         self.assertEqual(self.refused(request, _key(0)), BAD_REQUEST)
         self.assertEqual(self.uses_left(token), 1)
@@ -380,12 +382,12 @@ class SCEPResponderTests(unittest.TestCase):
             if aes is None:
                 csr = build_csr(key, SUBJECT, token)
                 enveloped = pkcs7.PKCS7EnvelopeBuilder().set_data(csr.public_bytes(serialization.Encoding.DER))
-                enveloped = enveloped.add_recipient(self.authority.ra.cert).set_content_encryption_algorithm(algorithms.AES128)
+                enveloped = enveloped.add_recipient(self.recipient).set_content_encryption_algorithm(algorithms.AES128)
                 request = _pki_message(
                     "19",
                     b"",
                     _signer(0),
-                    self.authority.ra.cert,
+                    self.recipient,
                     transaction_id="AES128",
                     csr=csr,
                     enveloped=enveloped.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]),
@@ -415,7 +417,7 @@ class SCEPResponderTests(unittest.TestCase):
         """A RenewalReq (messageType 17): a CSR for new_key without a challenge, signed by an existing identity."""
         csr = build_csr(new_key, SUBJECT, None)
         return _pki_message(
-            "17", csr.public_bytes(serialization.Encoding.DER), signer, self.authority.ra.cert, transaction_id=transaction_id, csr=csr
+            "17", csr.public_bytes(serialization.Encoding.DER), signer, self.recipient, transaction_id=transaction_id, csr=csr
         )
 
     def test_renewal(self) -> None:
@@ -481,7 +483,7 @@ class SCEPResponderTests(unittest.TestCase):
             "20",
             _issuer_and_subject(self.authority.root.cert.subject, subject),
             _signer(0),
-            self.authority.ra.cert,
+            self.recipient,
             transaction_id=request.transaction_id,
         )
         rep, certs = self.reply(poll, _signer(0))
@@ -492,7 +494,7 @@ class SCEPResponderTests(unittest.TestCase):
             "20",
             _issuer_and_subject(self.authority.root.cert.subject, subject),
             _signer(0),
-            self.authority.ra.cert,
+            self.recipient,
             transaction_id="NO-SUCH-TRANSACTION",
         )
         rep, _ = self.reply(unknown, _signer(0))
@@ -506,7 +508,7 @@ class SCEPResponderTests(unittest.TestCase):
 
         def get_cert(issuer: x509.Name, serial: int, transaction_id: str) -> tuple[CertRep, list[x509.Certificate]]:
             payload = asn1_cms.IssuerAndSerialNumber({"issuer": asn1_x509.Name.load(issuer.public_bytes()), "serial_number": serial}).dump()
-            return self.reply(_pki_message("21", payload, (cert, key), self.authority.ra.cert, transaction_id=transaction_id), (cert, key))
+            return self.reply(_pki_message("21", payload, (cert, key), self.recipient, transaction_id=transaction_id), (cert, key))
 
         rep, certs = get_cert(root.subject, cert.serial_number, "GETCERT-1")
         self.assertEqual(rep.pki_status, "0")
@@ -540,7 +542,16 @@ class SCEPResponderTests(unittest.TestCase):
         """The 2016 macOS PKCSReq (DES3, RSA-1024, no challenge) gets a FAILURE badRequest CertRep addressed to it that openssl verifies."""
         ca_cert, ca_key = _capture_ca()
         identity = Identity(ca_cert, ca_key)
-        capture_authority = Authority(root=identity, tls=identity, signer=identity, ra=identity, certs_dir=Path(self.mktemp()))
+        capture_authority = Authority(
+            root=identity,
+            tls=identity,
+            signer=identity,
+            ra=identity,
+            ra_encrypt=identity,
+            ra_sign=identity,
+            ocsp=identity,
+            certs_dir=Path(self.mktemp()),
+        )
         responder = self.make_responder(dataclasses.replace(self.settings, ca_cert_format="ca"), capture_authority)
         capture = CAPTURE.read_bytes()
         sent = verify_signed(capture, None).signed_attributes
@@ -592,18 +603,50 @@ class SCEPResponderTests(unittest.TestCase):
         self.assertNotIn("DES", capabilities)
 
     def test_get_ca_cert(self) -> None:
-        """GetCACert answers a certs-only bag (x509-ca-ra-cert) holding the root CA and an RA that signs and decrypts but is no CA."""
+        """GetCACert answers a certs-only bag (x509-ca-ra-cert) in the NDES layout: the root CA, an encryption RA
+        (keyEncipherment, no digitalSignature) and a signing RA (digitalSignature, no keyEncipherment), neither a CA."""
         code, content_type, body = self.fetch("GET", "?operation=GetCACert&message=otad")
         self.assertEqual((code, content_type), (200, b"application/x-x509-ca-ra-cert"))
         certs = read_certs_only(body)
-        self.assertEqual(set(certs), {self.authority.root.cert, self.authority.ra.cert})
-        ra = [cert for cert in certs if cert != self.authority.root.cert][0]
-        usage = ra.extensions.get_extension_for_class(x509.KeyUsage).value
-        self.assertTrue(usage.digital_signature and usage.key_encipherment)
-        self.assertFalse(ra.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-        ra.verify_directly_issued_by(self.authority.root.cert)
+        self.assertEqual(set(certs), {self.authority.root.cert, self.authority.ra_encrypt.cert, self.authority.ra_sign.cert})
+        usages = {}
+        for ra in certs:
+            if ra == self.authority.root.cert:
+                continue
+            usage = ra.extensions.get_extension_for_class(x509.KeyUsage).value
+            usages[ra] = (usage.digital_signature, usage.key_encipherment)
+            self.assertFalse(ra.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+            ra.verify_directly_issued_by(self.authority.root.cert)
+        self.assertEqual(usages, {self.authority.ra_encrypt.cert: (False, True), self.authority.ra_sign.cert: (True, False)})
         # The same bag as pkcs7 readers see it.
         self.assertEqual(set(pkcs7.load_der_pkcs7_certificates(body)), set(certs))
+
+    def test_reply_signers(self) -> None:
+        """Who signs the CertRep: the signing RA for a request encrypted to the encryption RA (as NDES clients expect),
+        the CA for one encrypted to the CA (a client that pinned it); and in the single-RA layout, the RA for one
+        encrypted to it. Each CertRep carries its signer's certificate and, for an RA, the CA."""
+        single = self.make_responder(dataclasses.replace(self.settings, ra_layout="single"), self.authority)
+        for responder, recipient, signer in (
+            (self.responder, self.authority.ra_encrypt.cert, self.authority.ra_sign.cert),
+            (self.responder, self.authority.root.cert, self.authority.root.cert),
+            (single, self.authority.ra.cert, self.authority.ra.cert),
+            (single, self.authority.root.cert, self.authority.root.cert),
+        ):
+            token, _ = self.challenge()
+            request = build_pkcs_req(_key(0), _signer(0)[0], recipient, subject=SUBJECT, challenge=token)
+            reply = self.successResultOf(ensureDeferred(responder.pki_operation(request.der, "POST")))
+            rep = read_cert_rep(reply, [signer])
+            self.assertEqual(rep.signer, signer)
+            carried = asn1_cms.ContentInfo.load(reply)["content"]["certificates"]
+            self.assertEqual(len(carried), 1 if signer == self.authority.root.cert else 2)
+            parse_cert_rep(reply, ca_certs=[self.authority.root.cert], request=request, key=_key(0))
+
+    def test_single_ra_layout_get_ca_cert(self) -> None:
+        """With ra_layout = single, GetCACert holds the CA and one RA with both usages."""
+        single = self.make_responder(dataclasses.replace(self.settings, ra_layout="single"), self.authority)
+        content_type, body = single.ca_certificates()
+        self.assertEqual(content_type, b"application/x-x509-ca-ra-cert")
+        self.assertEqual(set(read_certs_only(body)), {self.authority.root.cert, self.authority.ra.cert})
 
     def test_bad_operations(self) -> None:
         """GetNextCACert, an unknown operation, a missing operation, GetCACaps by POST and an empty POST get 400 with a one-line reason."""

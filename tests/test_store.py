@@ -51,6 +51,8 @@ class StoreTests(unittest.TestCase):
         raw = sqlite3.connect(self.path)
         raw.execute("ALTER TABLE challenges DROP COLUMN revoked")
         raw.execute("DROP TABLE login_failures")
+        raw.execute("DROP TABLE crls")
+        raw.execute("DROP INDEX certificates_revoked")
         raw.execute("DELETE FROM schema_version WHERE version > 2")
         raw.commit()
         raw.close()

@@ -1,0 +1,105 @@
+"""Publishing revocations: otad's CRL, re-signed when a certificate is revoked and before its nextUpdate.
+
+The CRL lives in the store, so every otad on one database serves the same one and a new CRL
+gets the next number exactly once (a second instance that signs the same number loses the
+insert and takes the stored one). ``/crl`` and SCEP GetCRL serve the cached DER; no request
+costs a signature.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from otad import crl
+from otad.ca import Authority
+from otad.pool import WorkerPool
+from otad.store import CRLRecord, StoreThread
+
+log = Logger()
+
+CRL_VALIDITY = datetime.timedelta(days=7)
+
+
+def _utc(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+class CRLPublisher(Service):
+    """Keeps the store's newest CRL current; ``check`` runs every ``interval`` seconds and after each revocation."""
+
+    def __init__(self, authority: Authority, store: StoreThread, crypto: WorkerPool, clock: IReactorTime, interval: float = 60) -> None:
+        self._authority = authority
+        self._store = store
+        self._crypto = crypto
+        self._clock = clock
+        self._current: CRLRecord | None = None
+        self._loop = LoopingCall(self._scheduled)
+        self._loop.clock = clock
+        self._interval = interval
+
+    @property
+    def current(self) -> bytes | None:
+        """The newest CRL's DER, or None before the first check."""
+        return self._current.der if self._current is not None else None
+
+    @property
+    def record(self) -> CRLRecord | None:
+        return self._current
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _scheduled(self) -> Deferred[None]:
+        return ensureDeferred(self.check()).addErrback(
+            lambda failure: log.error("publishing the CRL failed: {reason}", reason=str(failure.value))
+        )
+
+    async def check(self) -> None:
+        """Sign a new CRL when the revocations changed, when there is none, or past half its validity."""
+        now = self._clock.seconds()
+        latest, revocations = await self._store.call(lambda store: (store.latest_crl(), store.revocations(now=now)))
+        newest = max((revocation.revoked for revocation in revocations), default=None)
+        fresh = (
+            latest is not None
+            and latest.revocations == len(revocations)
+            and latest.newest_revocation == newest
+            and now < latest.this_update + (latest.next_update - latest.this_update) / 2
+        )
+        if fresh:
+            self._current = latest
+            return
+        number = (latest.number if latest is not None else 0) + 1
+        this_update = _utc(now)
+        der = await self._crypto.run(
+            lambda: crl.build(
+                self._authority.root,
+                number=number,
+                revoked=[(int(r.serial, 16), _utc(r.revoked), r.reason) for r in revocations],
+                this_update=this_update,
+                next_update=this_update + CRL_VALIDITY,
+            )
+        )
+        record = CRLRecord(number, now, now + CRL_VALIDITY.total_seconds(), len(revocations), newest, der)
+        added: bool = await self._store.call(lambda store: store.add_crl(record))
+        if added:
+            log.info("published CRL {number} with {count} revocations", number=number, count=len(revocations))
+            self._current = record
+        else:
+            # Another otad on this database published that number first: serve its CRL.
+            self._current = await self._store.call(lambda store: store.latest_crl())
+
+    def republish(self) -> Deferred[None]:
+        """After a revocation: publish at once rather than at the next check (failures are logged)."""
+        return self._scheduled()
