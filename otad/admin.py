@@ -24,7 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from otad import __version__, cms, payloads, tokens, users
+from otad import __version__, cms, crl, payloads, tokens, users
 from otad import config as configuration
 from otad.ca import serial_hex
 from otad.files import OwnershipError, check_writer
@@ -333,7 +333,40 @@ def certs_revoke(args: argparse.Namespace) -> int:
             store.record_event(now=now, kind="certificate", outcome="revoked", serial=serial, reason=args.reason)
     if not revoked:
         raise AdminError(f"no unrevoked certificate with serial {serial}")
-    print(f"revoked certificate {serial}")
+    print(f"revoked certificate {serial} ({args.reason}); OCSP says so at once, the daemon re-signs the CRL within a minute")
+    return 0
+
+
+def crl_show(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        record = store.latest_crl()
+    if record is None:
+        raise AdminError("no CRL has been published yet: the daemon publishes one when it starts")
+    try:
+        current = x509.load_der_x509_crl(record.der)
+    except ValueError as error:
+        raise AdminError(f"CRL {record.number} in the store is not readable DER: {error}") from None
+    entries = []
+    for revoked in current:
+        try:
+            reason = crl.NAMES[revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason]
+        except x509.ExtensionNotFound:
+            reason = "unspecified"
+        entries.append(
+            {"serial": serial_hex(revoked.serial_number), "revoked": _when(revoked.revocation_date_utc.timestamp()), "reason": reason}
+        )
+    fields = {
+        "number": record.number,
+        "this_update": _when(record.this_update),
+        "next_update": _when(record.next_update),
+        "entries": entries,
+    }
+    if args.json:
+        print(json.dumps(fields))
+        return 0
+    print(f"CRL {record.number}: this update {fields['this_update']}, next update {fields['next_update']}, {len(entries)} entries")
+    for entry in entries:
+        print(f"{entry['serial']}  {entry['revoked']}  {entry['reason']}")
     return 0
 
 
@@ -480,8 +513,14 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(run=certs_show)
     revoke = certs_actions.add_parser("revoke", parents=[common], help="mark a certificate revoked")
     revoke.add_argument("serial", help="hexadecimal, with or without 0x and colons")
-    revoke.add_argument("--reason", default="unspecified", help="recorded with the revocation and in the event log")
+    revoke.add_argument(
+        "--reason", default="unspecified", choices=list(crl.REASONS), help="the RFC 5280 reason, put in the CRL and OCSP answers"
+    )
     revoke.set_defaults(run=certs_revoke)
+
+    crl_listing = commands.add_parser("crl", parents=[common], help="the current CRL: its number, next update and entries")
+    crl_listing.add_argument("--json", action="store_true")
+    crl_listing.set_defaults(run=crl_show)
 
     held = commands.add_parser("requests", parents=[common], help="SCEP requests held for approval ([scep] approval = manual)")
     held_actions = held.add_subparsers(dest="action", required=True)

@@ -10,7 +10,9 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -516,22 +518,30 @@ def serial_hex(serial: int) -> str:
 
 
 # The device binding inside each certificate otad issues to a device: a subjectAltName otherName
-# holding the UDID as a UTF8String, under an OID of otad's own made from a UUID (X.667's 2.25
-# arc, which needs no registration). The store holds the same binding by serial, and is what
-# phase 3 trusts. otad 0.1 wrote a URI, urn:x-otad:udid:UDID, which linters refuse.
-UDID_OID = x509.ObjectIdentifier("2.25.113410333797721142133994108616408669486")
+# of RFC 4043's permanentIdentifier (id-on-permanentIdentifier) whose identifierValue is the UDID
+# and whose assigner is left out, which RFC 4043 reads as "assigned by the issuer". The store
+# holds the same binding by serial, and is what phase 3 trusts. otad 0.1 wrote a URI,
+# urn:x-otad:udid:UDID, which linters refuse.
+PERMANENT_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.3")
 LEGACY_UDID_URI_PREFIX = "urn:x-otad:udid:"
 
 
+class _PermanentIdentifier(core.Sequence):
+    _fields: ClassVar[list[tuple[str, type, dict[str, bool]]]] = [
+        ("identifier_value", core.UTF8String, {"optional": True}),
+        ("assigner", core.ObjectIdentifier, {"optional": True}),
+    ]
+
+
 def udid_name(udid: str) -> x509.OtherName:
-    encoded = udid.encode("utf-8")
-    return x509.OtherName(UDID_OID, b"\x0c" + bytes([len(encoded)]) + encoded)
+    """The device binding for ``udid``: a permanentIdentifier otherName."""
+    return x509.OtherName(PERMANENT_IDENTIFIER, bytes(_PermanentIdentifier({"identifier_value": udid}).dump()))
 
 
 def _claims_binding(name: x509.GeneralName) -> bool:
     """Whether a requested name would pose as otad's device binding (which only otad writes)."""
     if isinstance(name, x509.OtherName):
-        return name.type_id == UDID_OID
+        return name.type_id == PERMANENT_IDENTIFIER
     return isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(LEGACY_UDID_URI_PREFIX)
 
 

@@ -265,6 +265,7 @@ class Config:
     device_anchors: Path | None = _setting("device", "anchors", _path, "")
     ca_key_size: int = _setting("ca", "key_size", _int_in(3072, 4096), "3072")
     publish_url: str = _setting("ca", "publish_url", _public_url, "")
+    crl_check: int = _setting("ca", "crl_check", parse_duration, "1m")
     # Empty means "<organization> otad Root CA"; load() fills it in.
     ca_common_name: str = _setting("ca", "common_name", _text, "")
 

@@ -242,7 +242,7 @@ class OtadService(MultiService):
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
         self.authority = authority
-        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor)
+        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check)
         await crls.check()
         crls.setServiceParent(self)
         site = build_site(

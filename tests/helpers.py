@@ -129,9 +129,9 @@ def webclip(*, url: str, label: str, identifier: str, organization: str = "Examp
     }
 
 
-# otad's device binding: a subjectAltName otherName under this OID (2.25: made from a UUID) holding the
-# UDID as a UTF8String; otad 0.1 wrote a urn:x-otad:udid: URI instead.
-UDID_OID = "2.25.113410333797721142133994108616408669486"
+# otad's device binding: a subjectAltName otherName, RFC 4043's permanentIdentifier (a SEQUENCE whose
+# UTF8String identifierValue is the UDID); otad 0.1 wrote a urn:x-otad:udid: URI instead.
+PERMANENT_IDENTIFIER = "1.3.6.1.5.5.7.8.3"
 
 
 def device_binding(cert: Any) -> str | None:
@@ -143,10 +143,12 @@ def device_binding(cert: Any) -> str | None:
     except x509.ExtensionNotFound:
         return None
     for name in san:
-        if isinstance(name, x509.OtherName) and name.type_id.dotted_string == UDID_OID:
-            value = name.value
-            assert value[0] == 0x0C and value[1] == len(value) - 2, "a short DER UTF8String"
-            return str(value[2:].decode("utf-8"))
+        if isinstance(name, x509.OtherName) and name.type_id.dotted_string == PERMANENT_IDENTIFIER:
+            from asn1crypto import core
+
+            identifier = core.load(name.value)
+            assert isinstance(identifier, core.Sequence)
+            return str(core.load(identifier.contents).native)
         if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith("urn:x-otad:udid:"):
             return str(name.value[len("urn:x-otad:udid:") :])
     return None

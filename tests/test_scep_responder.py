@@ -29,7 +29,7 @@ from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from otad import config, tokens
-from otad.ca import Authority, Identity, serial_hex
+from otad.ca import Authority, Identity, Publication, serial_hex
 from otad.channel import Limits
 from otad.cms import read_certs_only
 from otad.errors import Kind, Refused
@@ -156,8 +156,15 @@ def _enveloped_cipher(content: bytes) -> str:
     return str(enveloped["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native)
 
 
-class SCEPResponderTests(unittest.TestCase):
-    def setUp(self) -> None:
+class SCEPHarness:
+    """A SCEPResponder over the shared test CA, an inline store and a fake clock, with request helpers.
+
+    ``publication`` is where issued certificates say their CRL and OCSP responder are.
+    """
+
+    publication = Publication()
+
+    def setUp(self: Any) -> None:
         directory = Path(self.mktemp())
         directory.mkdir(parents=True)
         self.settings = config.load(None, {"data_dir": str(directory), "hostname": "otad.test"})
@@ -168,7 +175,7 @@ class SCEPResponderTests(unittest.TestCase):
         self.db: Store = self.successResultOf(self.store.call(lambda store: store))
         self.addCleanup(self.db.close)
         self.pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
-        self.authority = authority()
+        self.authority = dataclasses.replace(authority(), publication=self.publication)
         # The default NDES layout: clients encrypt to the encryption RA, replies come from the signing RA.
         self.recipient = self.authority.ra_encrypt.cert
         self.ca_certs = [self.authority.root.cert, self.authority.ra_sign.cert, self.authority.ra_encrypt.cert]
@@ -251,6 +258,15 @@ class SCEPResponderTests(unittest.TestCase):
     def events(self, outcome: str) -> list[Any]:
         return [event for event in self.db.events(limit=1000) if event.kind == "scep" and event.outcome == outcome]
 
+    def renewal(self, signer: tuple[x509.Certificate, rsa.RSAPrivateKey], new_key: rsa.RSAPrivateKey, transaction_id: str) -> PKIRequest:
+        """A RenewalReq (messageType 17): a CSR for new_key without a challenge, signed by an existing identity."""
+        csr = build_csr(new_key, SUBJECT, None)
+        return _pki_message(
+            "17", csr.public_bytes(serialization.Encoding.DER), signer, self.recipient, transaction_id=transaction_id, csr=csr
+        )
+
+
+class SCEPResponderTests(SCEPHarness, unittest.TestCase):
     # -- PKCSReq -------------------------------------------------------------------------------
 
     def test_scep_challenge_issues_bound_certificate(self) -> None:
@@ -412,13 +428,6 @@ class SCEPResponderTests(unittest.TestCase):
         self.assertEqual(device_binding(parse_cert_rep(der, ca_certs=self.ca_certs, request=request, key=_key(0))), UDID)
 
     # -- RenewalReq ----------------------------------------------------------------------------
-
-    def renewal(self, signer: tuple[x509.Certificate, rsa.RSAPrivateKey], new_key: rsa.RSAPrivateKey, transaction_id: str) -> PKIRequest:
-        """A RenewalReq (messageType 17): a CSR for new_key without a challenge, signed by an existing identity."""
-        csr = build_csr(new_key, SUBJECT, None)
-        return _pki_message(
-            "17", csr.public_bytes(serialization.Encoding.DER), signer, self.recipient, transaction_id=transaction_id, csr=csr
-        )
 
     def test_renewal(self) -> None:
         """A RenewalReq signed by an otad certificate, with no challenge, gets a certificate for the new key that keeps the UDID binding."""
