@@ -146,8 +146,12 @@ class SCEPClientTests(unittest.TestCase):
         path.mkdir(parents=True)
         return path
 
-    async def start_daemon(self) -> Daemon:
-        daemon = Daemon(self.directory() / "data", listen="tcp:0:interface=127.0.0.1")
+    async def start_daemon(self, ra_layout: str = "ndes") -> Daemon:
+        """otad on plain HTTP, with the RA layout given ([scep] ra_layout)."""
+        folder = self.directory()
+        config = folder / "otad.conf"
+        config.write_text(f"[scep]\nra_layout = {ra_layout}\n")
+        daemon = Daemon(folder / "data", ("--config", str(config)), listen="tcp:0:interface=127.0.0.1")
         daemon.data_dir.mkdir()
         self.addCleanup(daemon.stop)
         await daemon.start()
@@ -319,6 +323,21 @@ class SCEPClientTests(unittest.TestCase):
             issued = await self.assert_issued(daemon, cert, key, "certmonger-test")
             self.assertIn("certmonger-test", _field(listing, "subject") or "")
             self.assertEqual(issued.subject.rfc4514_string(), "CN=certmonger-test")
+            # In the NDES layout certmonger picks the encryption RA (its key usage), as NDES clients do.
+            self.assertIn(b"SCEP envelope cipher aes256, to the encryption RA", daemon.output)
+
+        return ensureDeferred(run())
+
+    def test_certmonger_enrolls_with_a_single_ra(self) -> Deferred[None]:
+        """With ra_layout = single, certmonger encrypts to the one RA and enrolls just the same."""
+
+        async def run() -> None:
+            daemon = await self.start_daemon("single")
+            challenge = await self.challenge(daemon)
+            output, key, cert = await self.certmonger(daemon, challenge, "certmonger-single")
+            self.assertEqual(_field(_section(output, "list"), "status"), "MONITORING", output)
+            await self.assert_issued(daemon, cert, key, "certmonger-single")
+            self.assertIn(b"SCEP envelope cipher aes256, to the RA", daemon.output)
 
         return ensureDeferred(run())
 
@@ -383,6 +402,21 @@ class SCEPClientTests(unittest.TestCase):
             self.assertNotEqual(code, 0, again)
             self.assertIn("failInfo: badRequest", again)
             self.assertFalse(second.exists())
+            # It encrypts to every certificate; otad opens the envelope with the encryption RA's key.
+            self.assertIn(b"to the encryption RA", daemon.output)
+
+        return ensureDeferred(run())
+
+    def test_scepclient_enrolls_with_a_single_ra(self) -> Deferred[None]:
+        """With ra_layout = single, scepclient enrolls; otad opens its envelope with the RA's key and the RA signs."""
+
+        async def run() -> None:
+            daemon = await self.start_daemon("single")
+            challenge = await self.challenge(daemon)
+            output, code, key, cert = await self.scepclient(daemon, challenge, "scepclient-single")
+            self.assertEqual(code, 0, output)
+            await self.assert_issued(daemon, cert, key, "scepclient-single")
+            self.assertIn(b"SCEP envelope cipher des, to the RA\n", daemon.output)
 
         return ensureDeferred(run())
 
@@ -402,6 +436,7 @@ class SCEPClientTests(unittest.TestCase):
             output, code, key, cert = await self.scepclient(daemon, challenge, "scepclient-pinned", "-ca-fingerprint", fingerprint)
             self.assertEqual(code, 0, output)
             await self.assert_issued(daemon, cert, key, "scepclient-pinned")
+            self.assertIn(b", to the CA", daemon.output)
 
         return ensureDeferred(run())
 
