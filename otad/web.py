@@ -70,11 +70,13 @@ def as_refusal(refused: Refused) -> Refusal:
 
 
 def _plain(request: Request, code: int, text: str, headers: Mapping[bytes, bytes] = {}) -> bytes:
+    body = (text + "\n").encode("utf-8")
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
     for name, value in headers.items():
         request.setHeader(name, value)
-    return (text + "\n").encode("utf-8")
+    return body
 
 
 def refuse(request: Request, refusal: Refusal | Refused) -> bytes:
@@ -88,6 +90,8 @@ def refuse(request: Request, refusal: Refusal | Refused) -> bytes:
 def _apply(request: Request, reply: Reply) -> bytes:
     request.setResponseCode(reply.code)
     request.setHeader(b"content-type", reply.content_type)
+    # A length rather than chunked encoding: SCEP and OCSP clients are not all full HTTP/1.1 clients.
+    request.setHeader(b"content-length", str(len(reply.body)).encode("ascii"))
     for name, value in reply.headers.items():
         request.setHeader(name, value)
     request.otad_outcome = reply.outcome  # type: ignore[attr-defined]

@@ -269,13 +269,13 @@ class AdminTests(TestCase):
     def test_certs_revoke_once(self) -> None:
         """`certs revoke` marks the record revoked with the reason and logs it; revoking again exits 1."""
         self.add_certificate(0xA1B2C3, udid=UDID, not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30))
-        status, out, err = self.admin("certs", "revoke", "0xA1:B2:C3", "--reason", "lost device")
+        status, out, err = self.admin("certs", "revoke", "0xA1:B2:C3", "--reason", "keyCompromise")
         self.assertEqual((status, err), (0, ""))
         self.assertIn("a1b2c3", out)
         record = self.store.certificate("a1b2c3")
         assert record is not None
         self.assertIsNotNone(record.revoked)
-        self.assertEqual(record.revocation_reason, "lost device")
+        self.assertEqual(record.revocation_reason, "keyCompromise")
 
         status, out, err = self.admin("certs", "revoke", "a1b2c3")
         self.assertEqual((status, out), (1, ""))
@@ -287,7 +287,7 @@ class AdminTests(TestCase):
         [event] = json.loads(out)
         self.assertEqual(
             (event["kind"], event["outcome"], event["serial"], event["reason"]),
-            ("certificate", "revoked", "a1b2c3", "lost device"),
+            ("certificate", "revoked", "a1b2c3", "keyCompromise"),
         )
         self.assertRegex(event["at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
