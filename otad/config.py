@@ -103,6 +103,13 @@ def _public_url(text: str) -> str:
     return url
 
 
+def _scep_url(text: str) -> str:
+    url = _public_url(text)
+    if url and not url.endswith("/scep"):
+        raise ValueError(f"must end in /scep, like http://otad.example.com:8080/scep, not {text!r}")
+    return url
+
+
 def _identifier(text: str) -> str:
     value = text.strip()
     if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value):
@@ -242,6 +249,7 @@ class Config:
     challenge_ttl: int = _setting("enrollment", "challenge_ttl", parse_duration, "15m")
     scep_subject: str = _setting("enrollment", "scep_subject", _subject_template, "O=$ORGANIZATION/CN=$UDID")
     keysize: int = _setting("enrollment", "keysize", _int_in(1024, 2048, 4096), "2048")
+    scep_url: str = _setting("enrollment", "scep_url", _scep_url, "")
     scep_challenge_ttl: int = _setting("enrollment", "scep_challenge_ttl", parse_duration, "1h")
     identity: str = _setting("enrollment", "identity", _choice("scep", "pkcs12"), "scep")
     on_repeat: str = _setting("enrollment", "on_repeat", _choice("update", "redirect"), "update")

@@ -218,7 +218,7 @@ class Enrollment:
 
         await self._commit_phase2(commit, udid)
         return payloads.scep_payload(
-            url=f"{base_url}/scep",
+            url=config.scep_url or f"{base_url}/scep",
             ca_fingerprint=self._authority.root.cert.fingerprint(hashes.SHA1()),
             subject=subject,
             challenge=token,
@@ -362,7 +362,7 @@ class Enrollment:
             "VERSION": str(known.get("VERSION", "")),
             "DEVICE_NAME": str(known.get("DEVICE_NAME", "")),
             "USERNAME": user or "",
-            "SCEP_URL": f"{base_url}/scep",
+            "SCEP_URL": config.scep_url or f"{base_url}/scep",
             "SCEP_CHALLENGE": token,
             "INTRANET_URL": config.intranet_url,
             "ORGANIZATION": config.organization,

@@ -235,3 +235,16 @@ class GetCRLTests(SCEPHarness, unittest.TestCase):
         bag = asn1_cms.ContentInfo.load(decrypt_enveloped(rep.content, *signer))
         [crl] = bag["content"]["crls"]
         self.assertEqual(crl.chosen.dump(), publisher.current)
+
+
+class SCEPURLTests(unittest.TestCase):
+    def test_scep_url_setting(self) -> None:
+        """With [enrollment] scep_url set (a plain-HTTP listener), phase 2's SCEP payload points there."""
+        memory = MemorySite(Path(self.mktemp()), anchors=(apple().root,), scep_url="http://otad.example.com:8080/scep")
+        self.addCleanup(memory.close)
+        device = FakeDevice(None, "https://otad.test", None, apple(), "0000FAKE-0011223344556677")
+        _, _, body = self.successResultOf(ensureDeferred(memory.fetch("GET", "/enroll", headers=_basic())))
+        challenge = str(_content(body)["PayloadContent"]["Challenge"])
+        _, _, body = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=device.phase2_body(challenge))))
+        [scep] = _content(body)["PayloadContent"]
+        self.assertEqual(scep["PayloadContent"]["URL"], "http://otad.example.com:8080/scep")
