@@ -83,6 +83,10 @@ def print_report(report: FuzzReport, byte_limit: int) -> None:
     print("seeds accepted as they are: " + "; ".join(f"{name}: {result}" for name, result in report.seed_checks.items()))
     print()
     print(report.table())
+    if report.probes:
+        print("\nstate checks after the phase-3 inputs, in this order:")
+        for case, outcome in report.probes:
+            print(f"  {case.description}: {outcome.summary()}")
     if report.daemon_note:
         print(f"\nTHE DAEMON DIED DURING THE RUN: {report.daemon_note}")
     if report.unowned_tracebacks:

@@ -104,6 +104,9 @@ SHA256_WITH_RSA = bytes.fromhex("300d06092a864886f70d01010b0500")
 
 PHASE2_UDID = "00008030-00F0220000000001"
 PHASE3_UDID = "00008030-00F0330000000001"
+# A second device through SCEP: it takes the phase-3 inputs that leave state behind (otad merges every attribute a
+# device sends into its stored record), so that they cannot slow down or break the other phase-3 inputs.
+SINK_UDID = "00008030-00F0330000000002"
 
 
 # ======================================================================== DER / BER
@@ -565,7 +568,8 @@ class Outcome:
     """What the daemon did with one case."""
 
     # response | closed (EOF/reset without a final response) | timeout (none within --timeout)
-    # | held (a slow sender still connected, unanswered, after --slow-seconds) | aborted | error (connect/TLS)
+    # | held (a slow sender still connected, unanswered, after --slow-seconds) | cut off (a slow sender the server
+    # hung up on: the right defence, so not a failure) | aborted (we hung up) | error (connect/TLS)
     kind: str
     status: int | None = None
     interim: tuple[int, ...] = ()
@@ -581,7 +585,7 @@ class Outcome:
             return "5xx"
         if self.kind in ("closed", "error"):
             return "closed"
-        if self.kind in ("timeout", "held"):
+        if self.kind in ("timeout", "held", "late"):
             return "unanswered"
         return None
 
@@ -591,6 +595,8 @@ class Outcome:
             return f"HTTP {self.status}{interim} in {self.finished - self.started:.2f} s"
         if self.kind == "timeout":
             return f"no response within the timeout{interim}"
+        if self.kind == "late":
+            return f"HTTP {self.status}{interim}, but only after {self.finished - self.started:.1f} s"
         if self.kind == "held":
             return f"still connected and unanswered after {self.finished - self.started:.0f} s of trickling{interim}"
         if self.kind == "closed":
@@ -668,7 +674,8 @@ class RawClient:
             number = self._next
         return f"127.{1 + number // (254 * 256) % 254}.{number // 254 % 256}.{1 + number % 254}"
 
-    def send(self, case: Case) -> Outcome:
+    def send(self, case: Case, patience: float | None = None) -> Outcome:
+        """Send ``case`` and classify what happens; ``patience`` waits longer than the timeout (the answer then counts as late)."""
         case.source = self.next_source()
         started = time.monotonic()
         reader = _ResponseReader()
@@ -690,13 +697,19 @@ class RawClient:
                     break
             if case.mode == "abort" and not reader.done:
                 return Outcome("aborted", started=started, finished=time.monotonic())
+            sent = time.monotonic()
             if not reader.done:
-                self._read(tls, reader, 0.5 if case.mode == "slow" else self.timeout)
+                self._read(tls, reader, 0.5 if case.mode == "slow" else max(self.timeout, patience or 0))
             finished = time.monotonic()
         if reader.status is not None:
-            return Outcome("response", reader.status, tuple(reader.interim), reader.head, started, finished)
+            kind = "late" if finished - sent > self.timeout else "response"
+            return Outcome(kind, reader.status, tuple(reader.interim), reader.head, started, finished)
         if reader.garbage:
             return Outcome("closed", None, tuple(reader.interim), reader.head, started, finished, note="the answer is not HTTP")
+        if case.mode == "slow" and (reader.eof or sending_failed):
+            return Outcome(
+                "cut off", None, tuple(reader.interim), reader.buffer[:600], started, finished, note=reader.eof_note or sending_failed
+            )
         if reader.eof:
             note = reader.eof_note or sending_failed
             return Outcome("closed", None, tuple(reader.interim), reader.buffer[:600], started, finished, note=note)
@@ -770,6 +783,8 @@ class Seeds:
     used_challenge: str
     identity3: tuple[x509.Certificate, rsa.RSAPrivateKey]
     attributes3: dict[str, Any]
+    sink_identity: tuple[x509.Certificate, rsa.RSAPrivateKey]
+    sink_attributes: dict[str, Any]
     phase3_body: bytes
     # SCEP
     ca_cert: x509.Certificate
@@ -855,7 +870,12 @@ async def build_seeds(reactor: Any, daemon: Daemon, apple: FakeAppleHierarchy, u
     checks: dict[str, str] = {}
     enrolled = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, PHASE3_UDID)
     newcomer = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, PHASE2_UDID)
+    sink = FakeDevice(reactor, daemon.url("/"), ca_pem, apple, SINK_UDID)
     try:
+        sink_profile = await sink.phase2((await sink.enroll(user, password))["PayloadContent"]["Challenge"])
+        await sink.scep_enroll(sink_profile["PayloadContent"][0])
+        await sink.phase3()
+        assert sink.scep_identity is not None
         service = await enrolled.enroll(user, password)
         checks["GET /enroll with the Basic auth seed"] = "200, Profile Service"
         used_challenge = service["PayloadContent"]["Challenge"]
@@ -909,6 +929,7 @@ async def build_seeds(reactor: Any, daemon: Daemon, apple: FakeAppleHierarchy, u
     finally:
         await enrolled.close()
         await newcomer.close()
+        await sink.close()
     assert newcomer.identity is not None
     return Seeds(
         port=daemon.port,
@@ -924,6 +945,8 @@ async def build_seeds(reactor: Any, daemon: Daemon, apple: FakeAppleHierarchy, u
         used_challenge=used_challenge,
         identity3=enrolled.scep_identity,
         attributes3=enrolled.device_attributes(None),
+        sink_identity=sink.scep_identity,
+        sink_attributes=sink.device_attributes(None),
         phase3_body=phase3_body,
         ca_cert=ca_cert,
         ra_cert=ra_cert,
@@ -958,6 +981,8 @@ FAMILIES: dict[str, tuple[tuple[str, float], ...]] = {
 }
 # Mutators that hold a connection for --slow-seconds are drawn less often after the first pass.
 RARE = {"framing_slow_headers": 0.15, "framing_slow_body": 0.15, "framing_slow_request_line": 0.1, "plist_dag": 0.3}
+# Phase-3 mutators whose accepted inputs stay in the device's stored attributes (big values, many keys): sent as the sink device.
+STATEFUL = {"plist_dag", "plist_deep_nesting", "plist_many_keys", "plist_huge_string"}
 
 BAD_DATES = (
     "",
@@ -1058,6 +1083,7 @@ class Mutator:
         self.registry: dict[str, list[tuple[str, Callable[[], Made]]]] = {}
         self._orders: dict[tuple[str, int, int], list[Any]] = {}
         self._content: bytes | None = None
+        self._sink = False
         for name in sorted(dir(self)):
             if name.startswith("m_"):
                 family, _, _ = name[2:].partition("_")
@@ -1078,6 +1104,7 @@ class Mutator:
                 entries = self.registry[family]
                 name, make = self.rng.choices(entries, [RARE.get(n, 1.0) for n, _ in entries])[0]
             self._content = None
+            self._sink = self.endpoint == "/profile phase 3" and name in STATEFUL
             description, made, mode = make()
             if isinstance(made, HTTPRequest):
                 chunks = [(0.0, made.encode())]
@@ -1175,7 +1202,7 @@ class Mutator:
     def attributes(self) -> dict[str, Any]:
         """The device attributes; in phase 2 with a fresh, a used or no CHALLENGE."""
         if self.phase == 3:
-            return dict(self.seeds.attributes3)
+            return dict(self.seeds.sink_attributes if self._sink else self.seeds.attributes3)
         attributes = dict(self.seeds.attributes2)
         draw = self.rng.random()
         if draw < 0.35 and self.seeds.fresh_challenges:
@@ -1190,12 +1217,13 @@ class Mutator:
             cert, key = self.seeds.apple_identity
             der = sign_cms(content, cert, key, digest="sha1", signed_attributes=None, certificates=[cert, *self.seeds.apple.chain()])
             return to_ber_indefinite(der) if self.rng.random() < 0.7 else der
-        cert, key = self.seeds.identity3
+        cert, key = self.seeds.sink_identity if self._sink else self.seeds.identity3
         return sign_cms(content, cert, key, digest="sha256", signed_attributes=(), certificates=[cert])
 
     def signed(self, description: str, content: bytes) -> Made:
         self._content = content
-        return f"plist (re-signed, {len(content)} bytes): {description}", self.wrap(self.sign(content)), "normal"
+        who = ", as the second device" if self._sink else ""
+        return f"plist (re-signed{who}, {len(content)} bytes): {description}", self.wrap(self.sign(content)), "normal"
 
     def dump(self, value: Any) -> tuple[str, bytes]:
         """``value`` as an XML plist (or, one time in three, binary); whichever plistlib can write, else a hand-made binary plist."""
@@ -1284,7 +1312,7 @@ class Mutator:
         attributes = _string_attributes(self.attributes())
         plist = BinaryPlist()
         top = plist.reserve()
-        depth = self.pick((8, 12, 16, 20))
+        depth = self.pick((8, 12, 14, 16))
         leaf = plist.text("x")
         ref = plist.array([leaf, leaf])
         for _ in range(depth - 1):
@@ -2478,6 +2506,9 @@ class LoggedTraceback:
             if marker in path:
                 tail = path.split(marker, 1)[1]
                 return tail.split("/", 1)[1] if marker == "/lib/python3." else tail
+        for marker in ("/otad/", "/tests/", "/twisted/"):
+            if marker in path:
+                return marker[1:] + path.rsplit(marker, 1)[1]
         return path.replace(str(ROOT) + "/", "")
 
     @property
@@ -2652,6 +2683,7 @@ class Runner:
         self.results: list[EndpointResult] = []
         self.unowned_tracebacks = 0
         self.daemon_note = ""
+        self.probes: list[tuple[Case, Outcome]] = []
         self.tracebacks: list[LoggedTraceback] = []
         self.by_source: dict[str, tuple[Case, Outcome]] = {}
         self._log_offset = len(daemon.output)
@@ -2702,7 +2734,9 @@ class Runner:
 
     def daemon_gone(self) -> str:
         """Why the daemon is no longer running ('' while it is)."""
-        if not self.daemon.exited().called:
+        status = Path(f"/proc/{self.pid}/status")
+        alive = status.exists() and "\nState:\tZ" not in status.read_text()
+        if alive and not self.daemon.exited().called:
             return ""
         reason = re.findall(r"\] (Received SIG\w+|.*cannot start.*)", self.daemon.output.decode("utf-8", "replace"))
         return f"the daemon exited (code {self.daemon.exit_code}){': ' + reason[-1] if reason else ''}"
@@ -2731,6 +2765,8 @@ class Runner:
             with ThreadPoolExecutor(options.concurrency, thread_name_prefix="fuzz") as pool:
                 for case, outcome in zip(normal, pool.map(self.client.send, normal), strict=True):
                     self.record(case, outcome)
+            if endpoint == "/profile phase 3":
+                self.probe_state()
             self.collect(endpoint)
             result.seconds = time.monotonic() - started
             result.rss_after_kb = vmrss_kb(self.pid)
@@ -2749,6 +2785,54 @@ class Runner:
         if options.replay and not self.daemon_note:
             self.confirm(findings)
         return self.results, findings
+
+    def probe_state(self) -> None:
+        """After the phase-3 inputs: a valid phase-3 request from each enrolled device (lasting damage shows here), then
+        one small request as the second device carrying a 2^20-leaf shared-reference DAG, and a valid request after it."""
+        seeds = self.seeds
+        mutator = Mutator(seeds, "/profile phase 3", random.Random(0), self.options.slow_seconds, self.options.slow_interval)
+
+        def signed(identity: tuple[x509.Certificate, rsa.RSAPrivateKey], content: bytes) -> bytes:
+            cert, key = identity
+            return mutator.wrap(sign_cms(content, cert, key, signed_attributes=(), certificates=[cert])).encode()
+
+        plist = BinaryPlist()
+        top = plist.reserve()
+        leaf = plist.text("x")
+        ref = plist.array([leaf, leaf])
+        for _ in range(19):
+            ref = plist.array([ref, ref])
+        plist.strings_dict(_string_attributes(seeds.sink_attributes), [("DAG", ref)], at=top)
+        dag = plist.build(top)
+        valid_main = signed(seeds.identity3, plistlib.dumps(seeds.attributes3))
+        valid_sink = signed(seeds.sink_identity, plistlib.dumps(seeds.sink_attributes))
+        steps = [
+            (
+                "probe_phase3_first_device",
+                "a valid phase-3 request from the first enrolled device, after all the phase-3 inputs",
+                valid_main,
+                None,
+            ),
+            (
+                "probe_phase3_second_device",
+                "a valid phase-3 request from the second device, after the state-growing inputs",
+                valid_sink,
+                None,
+            ),
+            (
+                "probe_dag_amplification",
+                f"the second device sends a {len(dag)}-byte binary plist whose DAG key holds 2^20 shared leaves",
+                signed(seeds.sink_identity, dag),
+                dag,
+            ),
+            ("probe_phase3_after_dag", "a valid phase-3 request from the second device, after its DAG request", valid_sink, None),
+        ]
+        for name, description, data, content in steps:
+            case = Case("/profile phase 3", name, description, [(0.0, data)], content=content)
+            outcome = self.client.send(case, patience=120.0)
+            self.record(case, outcome)
+            self.probes.append((case, outcome))
+            self.say(f"state check: {description}: {outcome.summary()}")
 
     def result(self, endpoint: str) -> EndpointResult:
         return next(result for result in self.results if result.endpoint == endpoint)
@@ -2807,10 +2891,31 @@ class Runner:
                 cause = f"HTTP {outcome.status} without a traceback: {reason}"
             elif failure == "closed":
                 cause = f"connection closed without a response, no traceback: {case.mutator} ({outcome.note or 'EOF'})"
+            elif case.mutator.startswith("probe_"):
+                cause = f"state check failed: {case.description}: {'no answer in time' if failure == 'unanswered' else failure}"
             else:
                 cause = f"{'slow sender never cut off' if outcome.kind == 'held' else 'no response within the timeout'}: {case.mutator}"
             groups.setdefault(cause, Finding(cause, failure)).cases.append((case, outcome))
-        return sorted(groups.values(), key=lambda finding: (finding.kind != "traceback", -len(finding.cases), finding.cause))
+        found = sorted(groups.values(), key=lambda finding: (finding.kind != "traceback", -len(finding.cases), finding.cause))
+        return found + self.degradation()
+
+    def degradation(self) -> list[Finding]:
+        """A finding (that does not fail the run) when the DAG state check made later valid requests much slower."""
+        probes = {case.mutator: (case, outcome) for case, outcome in self.probes}
+        try:
+            _, before = probes["probe_phase3_second_device"]
+            dag_case, dag_outcome = probes["probe_dag_amplification"]
+            _, after = probes["probe_phase3_after_dag"]
+        except KeyError:
+            return []
+        slow, fast = after.finished - after.started, before.finished - before.started
+        if after.status is None or slow < max(0.5, 5 * fast):
+            return []
+        cause = (
+            f"lasting slowdown: after one {dag_case.size}-byte phase-3 request whose binary plist holds a 2^20-leaf DAG, "
+            f"every valid phase-3 request for that device takes {slow:.2f} s instead of {fast:.2f} s"
+        )
+        return [Finding(cause, "degradation", [(dag_case, dag_outcome)])]
 
     def replay(self, finding: Finding, case: Case) -> tuple[bool, Outcome, list[LoggedTraceback]]:
         """Send ``case`` alone; whether it fails the way ``finding`` says, its outcome and the tracebacks it caused."""
@@ -2855,6 +2960,9 @@ class Runner:
                 finding.replay_note = "no input tied to it (logged outside any request)"
                 continue
             case, _ = finding.reproducer
+            if case.mutator.startswith("probe_"):
+                finding.replay_note = "not replayed alone: a state check depends on the inputs sent before it"
+                continue
             same, outcome, tracebacks = self.replay(finding, dataclasses.replace(case, chunks=list(case.chunks)))
             verdict = "reproduced alone" if same else "NOT reproduced alone"
             finding.replay_note = f"{verdict}: {outcome.summary()}{f', {len(tracebacks)} traceback(s)' if tracebacks else ''}"
@@ -2875,6 +2983,7 @@ class FuzzReport:
     # Tracebacks logged outside any endpoint's run (while the seeds were made) and why the daemon died, if it did.
     unowned_tracebacks: int = 0
     daemon_note: str = ""
+    probes: list[tuple[Case, Outcome]] = field(default_factory=list)
     command: str = ""
 
     @property
@@ -3024,6 +3133,7 @@ async def run_fuzz(reactor: Any, options: FuzzOptions) -> FuzzReport:
         runner.attribution_note,
         runner.unowned_tracebacks,
         runner.daemon_note,
+        runner.probes,
     )
     report.save_reproducers()
     return report

@@ -10,12 +10,29 @@ are kept under the first test's temporary directory (``reproducers/``). For the 
 from __future__ import annotations
 
 import dataclasses
+import json
+import plistlib
+import random
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from tests.fuzzing import ENDPOINTS, FuzzOptions, FuzzReport, run_fuzz
+from tests.fakeapple import self_signed_identity
+from tests.fakedevice import sign_cms, to_ber_indefinite
+from tests.fuzzing import (
+    ENDPOINTS,
+    BinaryPlist,
+    FuzzOptions,
+    FuzzReport,
+    _ResponseReader,
+    json_failures,
+    mutate_asn1,
+    parse_asn1,
+    parse_tracebacks,
+    run_fuzz,
+)
 
 OPTIONS = FuzzOptions(
     per_endpoint=200,
@@ -82,3 +99,72 @@ class FuzzTests(unittest.TestCase):
         header line, body byte or request-line byte every 4 s) is still connected and unanswered after 12 s."""
         report = await self.report()
         self.assertEqual(report.unanswered, 0, self.explain(report, ("traceback", "closed", "unanswered")))
+
+
+class FuzzEngineTests(unittest.TestCase):
+    """The engine's own parsers and writers, without a daemon: if these are wrong, FuzzTests can pass for the wrong reason."""
+
+    def test_response_reader_skips_interim_responses(self) -> None:
+        """A 100 Continue is noted as interim and the 413 after it is the final status; a non-HTTP answer is marked as garbage."""
+        reader = _ResponseReader()
+        reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nab")
+        self.assertEqual((reader.interim, reader.status, reader.done), ([100], 413, False))
+        reader.feed(b"c")
+        self.assertTrue(reader.done)
+        garbage = _ResponseReader()
+        garbage.feed(b"\x15\x03\x03\x00\x02")
+        self.assertTrue(garbage.garbage and garbage.done)
+
+    def test_tracebacks_found_and_tied_to_clients(self) -> None:
+        """Both twistd traceback shapes are found, with their raising function, and the JSON log ties each to its client address."""
+        log = (
+            "2026-01-01T00:00:00+0000 [otad.web#critical] unexpected error in /scep\n"
+            "\tTraceback (most recent call last):\n"
+            '\t  File "/x/otad/resources/scep.py", line 29, in query_parameter\n'
+            '\t    return unquote(value.decode("latin-1")).encode("latin-1")\n'
+            "\tbuiltins.UnicodeEncodeError: 'latin-1' codec can't encode character\n"
+            "\t\n"
+            "2026-01-01T00:00:00+0000 [otad.web#info] GET /scep 500 ok user=None 1.0ms\n"
+            "2026-01-01T00:00:01+0000 [OtadChannel (BufferingTLSTransport),2,127.1.0.9] Unhandled Error\n"
+            "\tTraceback (most recent call last):\n"
+            '\t  File "/v/site-packages/twisted/web/http.py", line 302, in _parseContentType\n'
+            '\t    msg["content-type"] = line.decode("charmap")\n'
+            '\t  File "/p/lib/python3.11/email/policy.py", line 146, in header_store_parse\n'
+            "\t    raise ValueError(\n"
+            "\tbuiltins.ValueError: Header values may not contain linefeed or carriage return characters\n"
+        )
+        found = parse_tracebacks(log)
+        self.assertEqual([traceback.exception_type for traceback in found], ["builtins.UnicodeEncodeError", "builtins.ValueError"])
+        self.assertEqual(found[0].cause, "builtins.UnicodeEncodeError raised in otad/resources/scep.py query_parameter")
+        self.assertEqual(found[1].project_frame, "twisted/web/http.py:302 _parseContentType")
+        events = "\n".join(
+            json.dumps(event)
+            for event in (
+                {"log_namespace": "otad.web", "log_failure": {}, "path": "/scep"},
+                {"log_namespace": "otad.web", "code": 500, "client": "127.1.0.7"},
+                {"log_namespace": "log_legacy", "failure": {"x": 1}, "log_system": "OtadChannel (BufferingTLSTransport),2,127.1.0.9"},
+            )
+        )
+        self.assertEqual(json_failures(events), ["127.1.0.7", "127.1.0.9"])
+
+    def test_binary_plist_writer(self) -> None:
+        """The hand-made binary plist reads back with plistlib, including an array that contains itself."""
+        plist = BinaryPlist()
+        top = plist.reserve()
+        loop = plist.reserve()
+        plist.array([plist.text("x"), loop], at=loop)
+        plist.strings_dict({"UDID": "00008030-00F0330000000001", "NAME": "\u2603"}, [("LOOP", loop)], at=top)
+        value = plistlib.loads(plist.build(top))
+        self.assertEqual((value["UDID"], value["NAME"]), ("00008030-00F0330000000001", "\u2603"))
+        self.assertIs(value["LOOP"][1], value["LOOP"])
+
+    def test_asn1_round_trip_and_mutations(self) -> None:
+        """A BER SignedData (indefinite lengths) re-encodes to itself, and every ASN.1 mutation of it still yields bytes."""
+        key = rsa.generate_private_key(65537, 1024)
+        cert, _ = self_signed_identity("asn1", key=key)
+        ber = to_ber_indefinite(sign_cms(b"<plist/>", cert, key, signed_attributes=None))
+        self.assertEqual(b"".join(node.encode() for node in parse_asn1(ber)), ber)
+        rng = random.Random(7)
+        for _ in range(200):
+            description, mutated = mutate_asn1(rng, ber)
+            self.assertIsInstance(mutated, bytes, description)
