@@ -99,7 +99,8 @@ def print_report(report: FuzzReport, byte_limit: int) -> None:
     print(f"\n{verdict}: {report.five_xx} 5xx, {report.unanswered} unanswered or closed without a response, {report.tracebacks} tracebacks")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    """Run, print the report and exit: 1 if anything failed (or the run itself broke), 0 if not."""
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     options = FuzzOptions(
         per_endpoint=arguments.per_endpoint,
@@ -113,17 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         replay=not arguments.no_replay,
         progress=progress,
     )
-    status = []
 
     async def run(reactor: Any) -> None:
         report = await run_fuzz(reactor, options)
         report.command = shlex.join([sys.executable, *sys.argv])
         print_report(report, arguments.bytes)
-        status.append(1 if report.failed else 0)
+        # task.react exits the process itself; SystemExit is how to give it the status.
+        raise SystemExit(1 if report.failed else 0)
 
     task.react(lambda reactor: ensureDeferred(run(reactor)))
-    return status[0] if status else 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

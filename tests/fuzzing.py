@@ -619,7 +619,11 @@ class _ResponseReader:
 
     @property
     def done(self) -> bool:
-        return self.eof or self.garbage or (self.status is not None and self._body_wanted <= 0)
+        return self.eof or self.garbage or self.status is not None
+
+    @property
+    def wants_body(self) -> bool:
+        return self.status is not None and self._body_wanted > 0 and not self.eof
 
     @property
     def answered(self) -> bool:
@@ -701,6 +705,9 @@ class RawClient:
             if not reader.done:
                 self._read(tls, reader, 0.5 if case.mode == "slow" else max(self.timeout, patience or 0))
             finished = time.monotonic()
+            if reader.status is not None and reader.wants_body:
+                # A little of the body (a 5xx's reason) if it comes at once; HEAD and 204 answers have none.
+                self._read_body(tls, reader, 0.2)
         if reader.status is not None:
             kind = "late" if finished - sent > self.timeout else "response"
             return Outcome(kind, reader.status, tuple(reader.interim), reader.head, started, finished)
@@ -730,6 +737,19 @@ class RawClient:
                 self._read(tls, reader, min(self.timeout, 1.0))
                 return f"sending failed: {error.__class__.__name__}"
         return ""
+
+    @staticmethod
+    def _read_body(tls: ssl.SSLSocket, reader: _ResponseReader, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while reader.wants_body and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                tls.settimeout(remaining)
+                data = tls.recv(65536)
+            except (OSError, ssl.SSLError):
+                return
+            if not data:
+                return
+            reader.feed(data)
 
     @staticmethod
     def _readable(tls: ssl.SSLSocket) -> bool:
@@ -2327,8 +2347,24 @@ class Mutator:
 
     def m_framing_length_bad(self) -> Made:
         request = self.framed()
+        size = str(len(request.body)).encode()
         value = self.pick(
-            (b"-1", b"+5", b"0x10", b"1e3", b" 5", b"5 5", b"", b"abc", "\u0661\u0662".encode(), b"0" * 30 + b"5", b"5\x0b", b"5,5")
+            (
+                b"-1",
+                b"+" + size,
+                b"0x10",
+                b"1e3",
+                b" " + size,
+                size + b" " + size,
+                b"",
+                b"abc",
+                "\u0661\u0662".encode(),
+                b"0" * 30 + size,
+                size + b"\x0b",
+                size + b"," + size,
+                size + b".0",
+                b"-" + size,
+            )
         )
         request.set(b"Content-Length", value)
         return f"Content-Length: {value!r}", request, "normal"
@@ -2472,6 +2508,8 @@ class Mutator:
 
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>.+)$')
 _SYSTEM_CLIENT = re.compile(r",\d+,(127\.\d+\.\d+\.\d+)\]?$")
+# How otad's request log spells a path (otad/web.py OtadSite.log).
+_SAFE_PATH = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass
@@ -2481,6 +2519,8 @@ class LoggedTraceback:
     header: str
     lines: list[str]
     client: str | None = None
+    # The endpoint being fuzzed when it was logged (or the endpoint of the input it is tied to).
+    endpoint: str | None = None
 
     @property
     def frames(self) -> list[tuple[str, int, str]]:
@@ -2585,10 +2625,11 @@ def json_failures(text: str) -> list[str | None]:
         system = str(event.get("log_system") or event.get("system") or "")
         match = _SYSTEM_CLIENT.search(system)
         client = match.group(1) if match else None
-        if client is None and index + 1 < len(events):
+        if client is None and index + 1 < len(events) and "unexpected error" in str(event.get("log_format", "")):
             following = events[index + 1]
-            if following.get("log_namespace") == "otad.web" and "client" in following and "code" in following:
-                client = following["client"]
+            same_path = _SAFE_PATH.sub("?", str(event.get("path", "")))[:200] == following.get("path")
+            if following.get("log_namespace") == "otad.web" and same_path and int(following.get("code") or 0) >= 500:
+                client = following.get("client")
         clients.append(client)
     return clients
 
@@ -2860,13 +2901,15 @@ class Runner:
         for traceback in tracebacks:
             pair = self.by_source.get(traceback.client or "")
             owner = pair[0].endpoint if pair is not None else endpoint
+            traceback.endpoint = owner
             if owner is not None:
                 self.result(owner).tracebacks += 1
             else:
                 self.unowned_tracebacks += 1
         traced = {traceback.client for traceback in self.tracebacks}
         for source, (_, outcome) in list(self.by_source.items()):
-            if outcome.failure is None and source not in traced:
+            # Inputs we hung up on stay: they are the suspects for tracebacks that name no client.
+            if outcome.failure is None and source not in traced and outcome.kind != "aborted":
                 del self.by_source[source]
 
     def findings(self) -> list[Finding]:
@@ -2919,9 +2962,12 @@ class Runner:
 
     def replay(self, finding: Finding, case: Case) -> tuple[bool, Outcome, list[LoggedTraceback]]:
         """Send ``case`` alone; whether it fails the way ``finding`` says, its outcome and the tracebacks it caused."""
-        original = finding.reproducer[1]
         outcome = self.client.send(case)
-        tracebacks = [traceback for traceback in self.new_tracebacks() if traceback.client == case.source]
+        # Alone on the daemon, a traceback that names no client is this input's too.
+        tracebacks = [traceback for traceback in self.new_tracebacks() if traceback.client in (case.source, None)]
+        if finding.kind == "traceback" or not finding.cases:
+            return any(traceback.cause == finding.cause for traceback in tracebacks), outcome, tracebacks
+        original = finding.reproducer[1]
         if finding.kind == "traceback":
             same = any(traceback.cause == finding.cause for traceback in tracebacks)
         elif finding.kind == "5xx":
@@ -2950,6 +2996,25 @@ class Runner:
             return None
         return dataclasses.replace(case, chunks=[(0.0, b"\r\n".join(lines) + separator + body)])
 
+    def find_culprit(self, finding: Finding) -> None:
+        """For tracebacks that name no client: replay the inputs we hung up on, from the endpoints where they were logged.
+
+        Whole requests first (a hang-up mid-request rarely gets as far), each up to three times: these are races."""
+        endpoints = {traceback.endpoint for traceback in finding.tracebacks}
+        suspects = sorted(
+            (pair for pair in self.by_source.values() if pair[1].kind == "aborted" and pair[0].endpoint in endpoints),
+            key=lambda pair: -pair[0].size,
+        )[:8]
+        for case, outcome in suspects:
+            for attempt in range(1, 4):
+                if self.replay(finding, dataclasses.replace(case, chunks=list(case.chunks)))[0]:
+                    finding.cases.append((case, outcome))
+                    finding.replay_note = (
+                        f"the log names no client; replaying the inputs we hung up on, this one did it (on try {attempt}; it is a race)"
+                    )
+                    return
+        finding.replay_note = f"the log names no client, and none of {len(suspects)} replayed aborted inputs did it in 3 tries each"
+
     def confirm(self, findings: list[Finding]) -> None:
         """Replay each finding's reproducer alone, say whether it fails the same way, and shrink it where that is quick."""
         for finding in findings:
@@ -2957,7 +3022,7 @@ class Runner:
                 finding.replay_note = f"not replayed: {self.daemon_gone()}"
                 continue
             if not finding.cases:
-                finding.replay_note = "no input tied to it (logged outside any request)"
+                self.find_culprit(finding)
                 continue
             case, _ = finding.reproducer
             if case.mutator.startswith("probe_"):
