@@ -3119,6 +3119,10 @@ class FuzzReport:
                 case, outcome = finding.reproducer
                 lines.append(f"    reproducer: [{case.endpoint}] {case.mutator}: {case.description}")
                 lines.append(f"    outcome: {outcome.summary()}")
+                variants = Counter(f"[{other.endpoint}] {other.description}" for other, _ in finding.cases)
+                if len(variants) > 1:
+                    shown = "; ".join(f"{text[:110]} x{count}" for text, count in variants.most_common(5))
+                    lines.append(f"    variants seen ({len(variants)} distinct, most common first): {shown}")
                 if finding.replay_note:
                     lines.append(f"    replay: {finding.replay_note}")
                 if case.mode == "slow":
