@@ -50,7 +50,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -588,6 +588,14 @@ class Outcome:
         if self.kind in ("timeout", "held", "late"):
             return "unanswered"
         return None
+
+    @property
+    def reason(self) -> str:
+        """The first line of the response body (a refusal's reason), chunked or not."""
+        head, _, body = self.head.partition(b"\r\n\r\n")
+        if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+            body = body.partition(b"\r\n")[2]
+        return body.split(b"\n", 1)[0][:120].decode("utf-8", "replace").strip()
 
     def summary(self) -> str:
         interim = f" after interim {', '.join(map(str, self.interim))}" if self.interim else ""
@@ -2787,22 +2795,26 @@ class Runner:
         options = self.options
         # Anything logged while the seeds were made counts too (tied to no input).
         self.tracebacks += self.new_tracebacks()
-        background = ThreadPoolExecutor(64, thread_name_prefix="fuzz-slow")
-        slow: list[tuple[Case, Future[Outcome]]] = []
+        # Every endpoint's inputs are made first, so that all the slow senders (which take --slow-seconds each
+        # whatever the daemon does) start at once in the background and overlap the whole run.
+        planned: dict[str, list[Case]] = {}
+        for endpoint in options.endpoints:
+            rng = random.Random(f"{options.seed}:{endpoint}")
+            planned[endpoint] = Mutator(self.seeds, endpoint, rng, options.slow_seconds, options.slow_interval).cases(options.per_endpoint)
+            self.results.append(EndpointResult(endpoint))
+        slow_cases = [case for cases in planned.values() for case in cases if case.mode == "slow"]
+        background = ThreadPoolExecutor(max(1, min(256, len(slow_cases))), thread_name_prefix="fuzz-slow")
+        slow = [(case, background.submit(self.client.send, case)) for case in slow_cases]
+        self.say(f"{len(slow_cases)} slow senders started in the background")
         for endpoint in options.endpoints:
             if self.daemon_gone():
                 break
-            rng = random.Random(f"{options.seed}:{endpoint}")
-            cases = Mutator(self.seeds, endpoint, rng, options.slow_seconds, options.slow_interval).cases(options.per_endpoint)
-            result = EndpointResult(endpoint, rss_before_kb=vmrss_kb(self.pid))
-            self.results.append(result)
+            cases = planned.pop(endpoint)
+            result = self.result(endpoint)
+            result.rss_before_kb = vmrss_kb(self.pid)
             started = time.monotonic()
-            slow += [(case, background.submit(self.client.send, case)) for case in cases if case.mode == "slow"]
             normal = [case for case in cases if case.mode != "slow"]
-            self.say(
-                f"{endpoint}: {len(cases)} inputs ({len(cases) - len(normal)} slow senders in the background), "
-                f"concurrency {options.concurrency}"
-            )
+            self.say(f"{endpoint}: {len(normal)} inputs (and {len(cases) - len(normal)} slow senders), concurrency {options.concurrency}")
             with ThreadPoolExecutor(options.concurrency, thread_name_prefix="fuzz") as pool:
                 for case, outcome in zip(normal, pool.map(self.client.send, normal), strict=True):
                     self.record(case, outcome)
@@ -2930,7 +2942,7 @@ class Runner:
             if failure is None or traced.get(case.source):
                 continue
             if failure == "5xx":
-                reason = outcome.head.split(b"\r\n\r\n", 1)[-1].split(b"\n", 1)[0][:120].decode("utf-8", "replace")
+                reason = outcome.reason
                 cause = f"HTTP {outcome.status} without a traceback: {reason}"
             elif failure == "closed":
                 cause = f"connection closed without a response, no traceback: {case.mutator} ({outcome.note or 'EOF'})"
@@ -2971,7 +2983,7 @@ class Runner:
         if finding.kind == "traceback":
             same = any(traceback.cause == finding.cause for traceback in tracebacks)
         elif finding.kind == "5xx":
-            same = outcome.failure == "5xx" and outcome.head.split(b"\r\n\r\n", 1)[-1][:60] == original.head.split(b"\r\n\r\n", 1)[-1][:60]
+            same = outcome.failure == "5xx" and outcome.reason == original.reason
         else:
             same = outcome.failure == original.failure
         return same, outcome, tracebacks

@@ -1,7 +1,7 @@
 """
 A small seeded fuzzing run against the real daemon over TLS, through the engine bench/fuzz.py uses (tests/fuzzing.py).
 
-The run (200 inputs per endpoint, seed 20240611, 32 connections at once) happens once, in whichever test
+The run (200 inputs per endpoint, seed 20240611, 16 connections at once) happens once, in whichever test
 comes first, and every test judges the same report. A failing test's message holds the result table and,
 for each distinct failure, the function that raised and a reproducer; the daemon's log and the full inputs
 are kept under the first test's temporary directory (``reproducers/``). For the full run, see bench/fuzz.py.
@@ -37,7 +37,7 @@ from tests.fuzzing import (
 OPTIONS = FuzzOptions(
     per_endpoint=200,
     seed=20240611,
-    concurrency=32,
+    concurrency=16,
     timeout=5.0,
     # A slow sender sends one piece every 4 s; after 12 s still unanswered and connected, it counts as held.
     slow_seconds=12.0,
