@@ -27,7 +27,9 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +48,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gat
 from twisted.internet.threads import deferToThread  # noqa: E402
 
 from bench.measure import cpu_seconds, percentile, process_status, thread_cpu_seconds  # noqa: E402
+from otad import users  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.fakeapple import FakeAppleHierarchy  # noqa: E402
 from tests.fakedevice import FakeDevice  # noqa: E402
@@ -215,7 +218,9 @@ async def enroll_one(device: FakeDevice, user: str, password: str, identity: str
 # ------------------------------------------------------------------ the run
 
 
-async def make_devices(count: int, apple: FakeAppleHierarchy, base_url: str, ca_pem: bytes, identity: str, prefix: str) -> list[FakeDevice]:
+async def make_devices(
+    count: int, apple: FakeAppleHierarchy, base_url: str, ca_pem: bytes, identity: str, prefix: str, persistent: bool = True
+) -> list[FakeDevice]:
     """Devices with every key made up front (on the reactor's thread pool), so no client keygen is timed."""
 
     def keys(index: int) -> tuple[str, tuple[x509.Certificate, rsa.RSAPrivateKey], rsa.RSAPrivateKey | None]:
@@ -226,7 +231,7 @@ async def make_devices(count: int, apple: FakeAppleHierarchy, base_url: str, ca_
 
     made = await gatherResults([deferToThread(keys, index) for index in range(count)])
     return [
-        FakeDevice(global_reactor, base_url, ca_pem, apple, udid, scep_key=scep_key, identity=apple_identity)
+        FakeDevice(global_reactor, base_url, ca_pem, apple, udid, scep_key=scep_key, identity=apple_identity, persistent=persistent)
         for udid, apple_identity, scep_key in made
     ]
 
@@ -311,19 +316,24 @@ async def run(arguments: argparse.Namespace) -> int:
                     )
                 )
                 extra += ["--config", str(temp / "otad.conf")]
+            if arguments.bcrypt_cost is not None:
+                # A user whose password check is cheap, so the figures are otad's own cost, not bcrypt's.
+                users.set_password(data_dir / "htpasswd", arguments.user.encode(), b"bench password", rounds=arguments.bcrypt_cost)
             daemon = Daemon(data_dir, extra)
             await daemon.start()
             pid = daemon.transport.pid
             base_url = daemon.url("/")
             ca_pem = (data_dir / "certs" / "ca.pem").read_bytes()
-            password = daemon.first_password
+            password = "bench password" if arguments.bcrypt_cost is not None else daemon.first_password
             if password is None:
                 raise RuntimeError("the daemon logged no first-start password")
 
         # ---- every device and key, before the clock
         prefix = f"BENCH{os.getpid() % 0xFFFF:04X}{int(time.time()) % 0xFFFF:04X}"
         setup_started = time.perf_counter()
-        devices = await make_devices(arguments.warmup + arguments.requests, apple, base_url, ca_pem, identity, prefix)
+        devices = await make_devices(
+            arguments.warmup + arguments.requests, apple, base_url, ca_pem, identity, prefix, persistent=not arguments.fresh_connections
+        )
         setup = time.perf_counter() - setup_started
         warmup, timed = devices[: arguments.warmup], devices[arguments.warmup :]
 
@@ -340,6 +350,14 @@ async def run(arguments: argparse.Namespace) -> int:
         client_cpu_before = own_cpu_seconds()
         threads_before = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
         load_before = os.getloadavg()[0]
+        profiler = None
+        if arguments.profile and pid:
+            # py-spy samples every thread of the server while the timed run goes on (collapsed stacks).
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "--format", "raw", "--rate", "250",
+                 "--output", arguments.profile, "--pid", str(pid), "--nonblocking", "--gil"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         lag = LagMonitor()
         lag.start()
         probe = Probe(FakeDevice(global_reactor, base_url, ca_pem, apple, f"{prefix}PROBE", identity=devices[0].identity))
@@ -348,6 +366,10 @@ async def run(arguments: argparse.Namespace) -> int:
         lag.stop()
         await probe.stop()
         threads_after = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=30)
+            print(f"py-spy profile of the server's timed run: {arguments.profile} (collapsed stacks; bench/profile.py summarises)")
         client_cpu = own_cpu_seconds() - client_cpu_before
         server_cpu = cpu_seconds(pid) - server_cpu_before if pid else None
         status = process_status(pid) if pid else None
@@ -451,6 +473,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed enrollments first, one at a time (default 2)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on the timed run after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (own daemon only)")
+    parser.add_argument(
+        "--bcrypt-cost", type=int, help="own daemon only: enroll as --user with a password hashed at this bcrypt cost (4: no bcrypt)"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="record a py-spy profile (--threads, raw) of the server during the timed run")
+    parser.add_argument("--fresh-connections", action="store_true", help="a new TCP+TLS connection for every request (no keep-alive)")
     parser.add_argument(
         "--set",
         type=setting,

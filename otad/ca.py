@@ -10,13 +10,13 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, overload
 
 from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from otad.certificate_rules import tls_server_problems
@@ -45,12 +45,17 @@ class BootstrapError(RuntimeError):
     """The certs/ directory is in a state otad will not repair by itself; str() says what to do."""
 
 
+# otad's keys are RSA, except that the TLS key may be ECDSA P-256 ([tls] key_type).
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
 @dataclass(frozen=True)
 class Identity:
     """A certificate, its private key, and the chain above it (issuer first, root last)."""
 
     cert: x509.Certificate
-    key: rsa.RSAPrivateKey
+    key: PrivateKey
     chain: tuple[x509.Certificate, ...] = ()
 
 
@@ -147,7 +152,19 @@ def generate_key(bits: int = LEAF_KEY_SIZE) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+def _generate(key_type: str) -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1()) if key_type == "ecdsa" else generate_key()
+
+
+def _key_type(key: PrivateKey) -> str:
+    return "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
+
+
+def _describe(key: PrivateKey) -> str:
+    return "P-256 ECDSA key" if isinstance(key, ec.EllipticCurvePrivateKey) else f"{key.key_size}-bit key"
+
+
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
@@ -174,7 +191,7 @@ def _key_usage(**flags: bool) -> x509.KeyUsage:
 
 def issue(
     issuer: Identity,
-    public_key: rsa.RSAPublicKey,
+    public_key: PublicKey,
     subject: x509.Name,
     *,
     now: datetime.datetime,
@@ -239,9 +256,10 @@ class _Names:
     hostname: str
     organization: str
     publication: Publication
+    tls_key_type: str = "rsa"
 
 
-def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+def _tls_cert(root: Identity, key: PrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
     hostname = names.hostname
     # localhost only when it is the host name: a single-label name is not a valid public DNS
     # name (linters refuse it), and local clients reach otad by 127.0.0.1 or ::1 anyway.
@@ -263,7 +281,7 @@ def _tls_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: dateti
     )
 
 
-def _signer_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+def _signer_cert(root: Identity, key: PrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
     # A dedicated profile signer, not the TLS certificate: the TLS certificate rotates every
     # 825 days and may be swapped for a public CA's, while a profile update must be signed by
     # the same issuer as the installed profile for iOS to accept it as a replacement.
@@ -281,11 +299,11 @@ def _signer_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: dat
     )
 
 
-def _ra_cert(label: str, usage: x509.KeyUsage) -> Callable[[Identity, rsa.RSAPrivateKey, _Names, datetime.datetime], x509.Certificate]:
+def _ra_cert(label: str, usage: x509.KeyUsage) -> Callable[[Identity, PrivateKey, _Names, datetime.datetime], x509.Certificate]:
     # SCEP clients encrypt requests to an RA and check the CertRep's signature with one; the
     # single RA has both usages (Apple devices refuse a lone RA that lacks either), the NDES
     # layout's two have one each. No RA is a CA.
-    def make(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+    def make(root: Identity, key: PrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
         return issue(
             root,
             key.public_key(),
@@ -298,7 +316,7 @@ def _ra_cert(label: str, usage: x509.KeyUsage) -> Callable[[Identity, rsa.RSAPri
     return make
 
 
-def _ocsp_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
+def _ocsp_cert(root: Identity, key: PrivateKey, names: _Names, now: datetime.datetime) -> x509.Certificate:
     # A delegated OCSP responder (RFC 6960 4.2.2.2): EKU OCSPSigning, and id-pkix-ocsp-nocheck so
     # that clients do not ask for its own status; it has no CRL distribution point or AIA.
     return issue(
@@ -315,14 +333,22 @@ def _ocsp_cert(root: Identity, key: rsa.RSAPrivateKey, names: _Names, now: datet
     )
 
 
-def _read_key(path: Path) -> rsa.RSAPrivateKey:
+@overload
+def _read_key(path: Path) -> rsa.RSAPrivateKey: ...
+
+
+@overload
+def _read_key(path: Path, allow_ecdsa: bool) -> PrivateKey: ...
+
+
+def _read_key(path: Path, allow_ecdsa: bool = False) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as error:
         raise BootstrapError(f"{path} is not an unencrypted PEM private key: {error}") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise BootstrapError(f"{path} is not an RSA key")
-    return key
+    if isinstance(key, rsa.RSAPrivateKey) or (allow_ecdsa and isinstance(key, ec.EllipticCurvePrivateKey)):
+        return key
+    raise BootstrapError(f"{path} is not an {'RSA or ECDSA' if allow_ecdsa else 'RSA'} key")
 
 
 def _read_cert(path: Path) -> x509.Certificate:
@@ -332,7 +358,7 @@ def _read_cert(path: Path) -> x509.Certificate:
         raise BootstrapError(f"{path} is not a PEM certificate: {error}") from None
 
 
-def _same_key(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
+def _same_key(cert: x509.Certificate, key: PrivateKey) -> bool:
     return cert.public_key() == key.public_key()
 
 
@@ -351,7 +377,7 @@ class _Leaf:
 
     name: str
     lifetime: datetime.timedelta
-    make: Callable[[Identity, rsa.RSAPrivateKey, _Names, datetime.datetime], x509.Certificate]
+    make: Callable[[Identity, PrivateKey, _Names, datetime.datetime], x509.Certificate]
 
 
 _LEAVES = (
@@ -376,6 +402,7 @@ def bootstrap(
     warn: Callable[[str], None] | None = None,
     create: bool = True,
     publication: Publication = Publication(),
+    tls_key_type: str = "rsa",
 ) -> Authority:
     """Load otad's identities from ``certs_dir``, creating whatever has never existed, then ``maintain`` them.
 
@@ -408,10 +435,12 @@ def bootstrap(
     if not _same_key(ca_cert, ca_key):
         raise BootstrapError(f"{ca_cert_path} does not match the key in {ca_key_path}")
     root = Identity(ca_cert, ca_key)
-    names = _Names(hostname, organization, publication)
+    names = _Names(hostname, organization, publication, tls_key_type)
     leaves = {_FIELDS[leaf.name]: _load_leaf(certs_dir, leaf, root, names, now, report) for leaf in _LEAVES}
     authority = Authority(root=root, certs_dir=certs_dir, publication=publication, **leaves)
-    return maintain(authority, hostname=hostname, organization=organization, now=now, report=report, warn=warn or report)
+    return maintain(
+        authority, hostname=hostname, organization=organization, now=now, report=report, warn=warn or report, tls_key_type=tls_key_type
+    )
 
 
 def _require_existing(certs_dir: Path, paths: list[Path]) -> None:
@@ -424,12 +453,20 @@ def _load_leaf(
     certs_dir: Path, leaf: _Leaf, root: Identity, names: _Names, now: datetime.datetime, report: Callable[[str], None]
 ) -> Identity:
     key_path, cert_path = certs_dir / f"{leaf.name}.key", certs_dir / f"{leaf.name}.pem"
+    wanted = names.tls_key_type if leaf.name == "tls" else "rsa"
     if not key_path.exists():
         if cert_path.exists():
             raise BootstrapError(f"{cert_path} exists but its key {key_path} does not; restore the key")
-        write_atomically(key_path, _key_pem(generate_key()), 0o600)
-        report(f"created a {LEAF_KEY_SIZE}-bit key at {key_path}")
-    key = _read_key(key_path)
+        fresh = _generate(wanted)
+        write_atomically(key_path, _key_pem(fresh), 0o600)
+        report(f"created a {_describe(fresh)} at {key_path}")
+    key = _read_key(key_path, allow_ecdsa=leaf.name == "tls")
+    if _key_type(key) != wanted:
+        # Only the TLS key can change type ([tls] key_type); nobody pins it, devices trust the CA.
+        key = _generate(wanted)
+        write_atomically(key_path, _key_pem(key), 0o600)
+        write_atomically(cert_path, _cert_pem(leaf.make(root, key, names, now)), 0o644)
+        report(f"created a {_describe(key)} at {key_path} and its certificate, as [tls] key_type asks")
     if not cert_path.exists():
         write_atomically(cert_path, _cert_pem(leaf.make(root, key, names, now)), 0o644)
         report(f"created the certificate {cert_path}")
@@ -463,6 +500,7 @@ def maintain(
     now: datetime.datetime,
     report: Callable[[str], None],
     warn: Callable[[str], None],
+    tls_key_type: str = "rsa",
 ) -> Authority:
     """Reissue otad's own leaf certificates that need it; return the authority to use from now on.
 
@@ -473,7 +511,7 @@ def maintain(
     no longer names ``hostname`` or breaks Apple's rules (an older otad made it). ``warn`` gets
     a line for each certificate, the root included, that will be invalid soon.
     """
-    names = _Names(hostname, organization, authority.publication)
+    names = _Names(hostname, organization, authority.publication, tls_key_type)
     current = {leaf.name: authority.leaf(leaf.name) for leaf in _LEAVES}
     for leaf in _LEAVES:
         identity = current[leaf.name]

@@ -5,7 +5,8 @@ needs around it: lines must end in CRLF (a bare LF is refused at once rather tha
 header values may not hold control characters, a declared body over the cap gets 413 before a
 byte of it is read (and no ``100 Continue``), and time limits a slow client cannot stretch: the
 request head (with a new connection's TLS handshake) within ``head_timeout``, the body at
-``body_rate`` or faster, and ``idle_timeout`` between kept-alive requests. Connections beyond
+``body_rate`` or faster with no pause longer than ``body_idle``, and ``idle_timeout`` between
+kept-alive requests. Connections beyond
 ``max_connections`` in total or ``max_connections_per_address`` from one address get 503.
 """
 
@@ -48,9 +49,10 @@ class Limits:
     """What a connection may take; ``[limits]`` in the configuration."""
 
     max_body: int = 65536
-    head_timeout: float = 10
+    head_timeout: float = 4
     idle_timeout: float = 30
     body_rate: int = 2048
+    body_idle: float = 3
     max_connections: int = 2048
     max_connections_per_address: int = 64
 
@@ -97,6 +99,7 @@ class OtadChannel(http.HTTPChannel):
         self._closing = False
         self._counted: str | None = None
         self._timer: IDelayedCall | None = None
+        self._body_pause: IDelayedCall | None = None
         self._abort: IDelayedCall | None = None
         # Between requests (waiting for a first byte), reading a head, reading a body, or answering.
         self._phase = "idle"
@@ -134,9 +137,10 @@ class OtadChannel(http.HTTPChannel):
         self._timer = self.callLater(seconds, expired)
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._body_pause):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._body_pause = None
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -155,6 +159,8 @@ class OtadChannel(http.HTTPChannel):
             return
         if self._phase == "idle" and data:
             self._start_head()
+        elif self._phase == "body" and self._body_pause is not None and self._body_pause.active():
+            self._body_pause.reset(self.limits.body_idle)
         super().dataReceived(data)
 
     def _start_head(self) -> None:
@@ -191,6 +197,7 @@ class OtadChannel(http.HTTPChannel):
             size = self.limits.max_body if declared is None else declared
             self._phase = "body"
             self._wait(self.limits.head_timeout + size / self.limits.body_rate, self._too_slow)
+            self._body_pause = self.callLater(self.limits.body_idle, self._too_slow)
 
     def allContentReceived(self) -> None:
         self._cancel()

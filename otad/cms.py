@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import (
     BlockCipherAlgorithm,
     Cipher,
@@ -228,10 +228,14 @@ def _carried_certificates(
 
 
 def _matches(identifier: core.Choice, cert: asn1_x509.Certificate) -> bool:
-    """Whether a SignerIdentifier or RecipientIdentifier names cert."""
+    """Whether a SignerIdentifier or RecipientIdentifier names cert.
+
+    The issuer is compared as encoded: a sender copies it from the certificate, and asn1crypto's
+    own Name comparison (LDAP string preparation of every attribute) costs more than the RSA check.
+    """
     if identifier.name == "issuer_and_serial_number":
         wanted = identifier.chosen
-        return bool(wanted["serial_number"].native == cert.serial_number and wanted["issuer"] == cert.issuer)
+        return bool(wanted["serial_number"].native == cert.serial_number and wanted["issuer"].dump() == cert.issuer.dump())
     if identifier.name == "subject_key_identifier":
         return bool(identifier.chosen.native == cert.key_identifier)
     return False
@@ -313,7 +317,7 @@ def sign_profile(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey,
 def sign(
     content: bytes,
     cert: x509.Certificate,
-    key: rsa.RSAPrivateKey,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     chain: Sequence[x509.Certificate] = (),
     digest: str = "sha256",
     *,

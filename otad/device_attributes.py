@@ -9,6 +9,7 @@ dropped here, so nothing nested, circular or huge is ever stored or rendered int
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from otad.errors import Kind, Refused
@@ -50,19 +51,26 @@ def _scalar(value: object) -> str | bool | int | bytes | None:
     return None
 
 
+def keep(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the known keys with short scalar values: what otad stores and renders (also applied to what an
+    older otad stored)."""
+    attributes: dict[str, Any] = {}
+    for key in KNOWN:
+        value = _scalar(document.get(key))
+        if value is not None:
+            attributes[key] = value
+    return attributes
+
+
 def parse(content: bytes) -> dict[str, Any]:
-    """The signed device attributes, keeping only known keys with short scalar values; refused without a valid UDID."""
+    """The signed device attributes, as ``keep`` cuts them down; refused without a valid UDID."""
     try:
         document = load_plist(content)
     except PlistError:
         raise Refused(Kind.MALFORMED, "the signed content is not a property list") from None
     if not isinstance(document, dict):
         raise Refused(Kind.MALFORMED, "the signed property list is not a dictionary")
-    attributes: dict[str, Any] = {}
-    for key in KNOWN:
-        value = _scalar(document.get(key))
-        if value is not None:
-            attributes[key] = value
+    attributes = keep(document)
     if not is_udid(attributes.get("UDID")):
         raise Refused(Kind.MALFORMED, "the device attributes lack a valid UDID")
     return attributes

@@ -178,6 +178,25 @@ def verify_chain(
     of 1024 to 2047 bits, as Apple's device chain needs (smaller keys are refused even
     then); ignore_validity skips the dates, which that chain also needs.
     """
+    try:
+        return _search(signer, certs, anchors, ignore_validity=ignore_validity, allow_legacy=allow_legacy, now=now)
+    except UntrustedDevice:
+        raise
+    except Exception:  # noqa: BLE001 - the boundary: cryptography parses a carried certificate's fields lazily
+        # A certificate in the message whose subject or extensions do not parse (ValueError,
+        # DuplicateExtension...) can be on no path.
+        raise UntrustedDevice("a certificate in the chain is malformed") from None
+
+
+def _search(
+    signer: x509.Certificate,
+    certs: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    *,
+    ignore_validity: bool,
+    allow_legacy: bool,
+    now: datetime | None,
+) -> list[x509.Certificate]:
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:

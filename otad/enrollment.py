@@ -93,7 +93,7 @@ class Enrollment:
     async def sign(self, profile: bytes) -> bytes:
         """CMS-sign a serialized profile with the profile-signing identity, on the crypto pool."""
         signer = self._authority.signer
-        return await self._crypto.run(cms.sign, profile, signer.cert, signer.key, signer.chain, "sha256")
+        return await self._crypto.run(cms.sign_profile, profile, signer.cert, signer.key, signer.chain)
 
     async def profile_service(self, user: str, base_url: str) -> bytes:
         """Phase 1: mint a one-time challenge for ``user`` and return the signed Profile Service payload."""
@@ -347,7 +347,7 @@ class Enrollment:
         if record.udid != udid:
             raise Refused(Kind.FORBIDDEN, "the signing certificate is bound to another device", udid=udid)
         device = await self._store.call(lambda store: store.device(udid))
-        known: dict[str, Any] = dict(device.attributes) if device is not None else {}
+        known: dict[str, Any] = device_attributes.keep(device.attributes) if device is not None else {}
         known.update(attributes)
         user = device.user if device is not None else None
         try:

@@ -358,7 +358,7 @@ def build_cert_rep(
     request: PKIMessage,
     status: PKIStatus,
     signer_cert: x509.Certificate,
-    signer_key: rsa.RSAPrivateKey,
+    signer_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     fail_info: FailInfo | None = None,
     issued: Sequence[x509.Certificate] = (),
     crl: bytes | None = None,

@@ -70,6 +70,7 @@ def build_site(
         head_timeout=settings.head_timeout,
         idle_timeout=settings.idle_timeout,
         body_rate=settings.body_rate,
+        body_idle=settings.body_idle,
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_address,
     )

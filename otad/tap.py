@@ -222,6 +222,7 @@ class OtadService(MultiService):
                 warn=warn,
                 create=create,
                 publication=publication,
+                tls_key_type=settings.tls_key_type,
             )
 
         return load

@@ -51,6 +51,10 @@ def _context(key: ServerKey, chain: list[x509.Certificate], policy: TLSPolicy) -
         extraCertChain=[crypto.X509.from_cryptography(cert) for cert in chain[1:]],
         acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(policy.ciphers),
         raiseMinimumTo=_VERSIONS[policy.min_version],
+        # Resumption (session tickets for TLS 1.3 and 1.2, and a session cache) spares a returning
+        # device the full handshake and its private-key operation.
+        enableSessions=True,
+        enableSessionTickets=True,
     )
     return options.getContext()
 

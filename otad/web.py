@@ -110,18 +110,24 @@ def render_async(request: Request, handler: Callable[[], Awaitable[Reply] | Repl
         return refuse(request, refusal)
     except Exception:
         log.failure("unexpected error in {path}", path=_path(request))
+        request.otad_outcome = "error"  # type: ignore[attr-defined]
         return _plain(request, 500, "internal error")
     if isinstance(result, Reply):
         return _apply(request, result)
     work: Deferred[Reply] = ensureDeferred(result)  # type: ignore[arg-type]
-    gone = False
+    # A request whose connection went while it waited its turn behind a pipelined one is already
+    # disconnected (Twisted then clears its channel), and notifyFinish would never fire for it.
+    gone = request.channel is None
 
     def client_gone(_: object) -> None:
         nonlocal gone
         gone = True
         work.cancel()
 
-    request.notifyFinish().addErrback(client_gone)
+    if gone:
+        work.cancel()
+    else:
+        request.notifyFinish().addErrback(client_gone)
 
     def done(reply: Reply) -> None:
         if not gone:

@@ -1124,6 +1124,9 @@ class FakeDevice:
     scep_key: rsa.RSAPrivateKey | None = None
     identity: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None
     user_agent: bytes = b"fakedevice/1.0 (iPhone; otad tests)"
+    # False: a new TCP and TLS connection for every request, as a device whose steps run in
+    # different processes (profile installer, SCEP agent) makes them.
+    persistent: bool = True
 
     scep_identity: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = field(default=None, init=False)
     profile_url: str = field(default="/profile", init=False)
@@ -1144,7 +1147,7 @@ class FakeDevice:
             policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
         else:
             policy = BrowserLikePolicyForHTTPS()
-        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._pool = HTTPConnectionPool(self.reactor, persistent=self.persistent)
         self._agent = Agent(self.reactor, contextFactory=policy, pool=self._pool)
 
     async def close(self) -> None:

@@ -15,7 +15,9 @@ from twisted.web.server import Request
 from otad.channel import ABORT_AFTER, Limits
 from otad.web import MethodResource, OtadSite, Reply, render_async
 
-LIMITS = Limits(max_body=1000, head_timeout=10, idle_timeout=30, body_rate=100, max_connections=5, max_connections_per_address=3)
+LIMITS = Limits(
+    max_body=1000, head_timeout=10, idle_timeout=30, body_rate=100, body_idle=3, max_connections=5, max_connections_per_address=3
+)
 
 
 class Echo(MethodResource):
@@ -75,20 +77,32 @@ class ChannelTests(unittest.TestCase):
         self.assertNotIn(b"100 Continue", transport.value())
 
     def test_short_body_times_out(self) -> None:
-        """A body shorter than its Content-Length gets 408 once head_timeout plus length / body_rate has passed."""
+        """A body shorter than its Content-Length gets 408 once it has paused for body_idle."""
         channel, transport = self.connect()
         channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\nonly this")
-        self.clock.advance(10 + 500 / 100 - 0.1)
+        self.clock.advance(2.9)
         self.assertEqual(transport.value(), b"")
         self.clock.advance(0.2)
         self.assertRefused(transport, b"408 ", b"did not arrive in time")
 
+    def test_trickled_body_hits_the_rate_deadline(self) -> None:
+        """A body trickled a byte every 2 s (never pausing body_idle) still gets 408 at head_timeout plus
+        length / body_rate: the rate cannot be stretched either."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
+        for _ in range(7):
+            self.clock.advance(2)
+            channel.dataReceived(b"x")
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(10 + 500 / 100 - 14 + 0.1)
+        self.assertRefused(transport, b"408 ", b"did not arrive in time")
+
     def test_expect_continue_without_a_body(self) -> None:
-        """Expect: 100-continue followed by no body gets 100 Continue, then 408 when the body deadline passes."""
+        """Expect: 100-continue followed by no body gets 100 Continue, then 408 once the body has paused body_idle."""
         channel, transport = self.connect()
         channel.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n")
         self.assertIn(b"100 Continue", transport.value())
-        self.clock.advance(11)
+        self.clock.advance(3.1)
         self.assertIn(b"HTTP/1.1 408 ", transport.value())
         self.assertTrue(transport.disconnecting)
 

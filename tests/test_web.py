@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -135,3 +137,25 @@ class TwistedHookTests(unittest.TestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
         self.assertIn(b"malformed request", transport.value())
         self.assertTrue(transport.disconnecting)
+
+
+class LostConnectionTests(unittest.TestCase):
+    def test_render_after_the_connection_went(self) -> None:
+        """Rendering into a request whose connection is already gone (its channel cleared) cancels the handler and
+        writes nothing, instead of Twisted's 'finish called after connection lost' error."""
+        root = Resource()
+        echo = Echo()
+        root.putChild(b"echo", echo)
+        site = OtadSite(root, Limits(max_body=100), reactor=Clock())
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        [request] = channel.requests
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(request.channel)
+        cancelled: list[object] = []
+        pending: Deferred[Reply] = Deferred(cancelled.append)
+        render_async(request, lambda: pending)
+        self.assertEqual(len(cancelled), 1)
+        self.assertFalse(request.finished)
