@@ -54,8 +54,11 @@ class CertificateKeeper(Service):
         hostname: str,
         crypto: WorkerPool,
         clock: IReactorTime,
+        after: Callable[[], None] | None = None,
     ) -> None:
+        """``after`` runs after every check that succeeded (a supervisor tells its workers to re-read certs/)."""
         self._authority = authority
+        self._after = after
         self._load = load
         self._own_tls = own_tls
         self._operator_tls = tuple(operator_tls)
@@ -104,3 +107,5 @@ class CertificateKeeper(Service):
                     path=str(operator.listener.files["certKey"]),
                     problem=problem,
                 )
+        if self._after is not None:
+            self._after()

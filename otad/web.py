@@ -22,7 +22,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from otad.channel import ConnectionCounter, Limits, OtadChannel
+from otad.channel import ConnectionCounter, Limits, OpenChannels, OtadChannel
 from otad.errors import Kind, Refused, one_line, printable
 
 log = Logger()
@@ -217,6 +217,10 @@ class OtadRequest(Request):
             self.write(refuse(self, Refusal(413, f"request body larger than {self.max_body} bytes")))
             self.finish()
             return
+        if self.channel is not None and getattr(self.channel, "draining", False):
+            # The daemon is stopping: this answer is the connection's last.
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
         super().process()
 
 
@@ -235,6 +239,7 @@ class OtadSite(Site):
         self.limits = limits or Limits()
         self.max_body = self.limits.max_body
         self.connections = ConnectionCounter(self.limits)
+        self.open_channels = OpenChannels()
         self.displayTracebacks = False
 
     def log(self, request: http.Request) -> None:
