@@ -34,6 +34,7 @@ from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
+from otad.directory import DirectoryDown, check_start
 from otad.files import check_writer, make_directory
 from otad.pool import WorkerPool
 from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
@@ -240,6 +241,11 @@ class OtadService(MultiService):
         for line in warnings:
             log.warn("certificates: {line}", line=line)
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
+        if settings.auth_backend == "ldap":
+            try:
+                await self.crypto.run(check_start, settings)
+            except DirectoryDown as down:
+                raise StartError(f"[ldap]: {down.why}") from None
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
         self.authority = authority
@@ -266,9 +272,13 @@ class OtadService(MultiService):
         self.keeper.setServiceParent(self)
         signal.signal(signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reload))
         TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
-        # Only now, with every port bound: a start that failed earlier leaves no users file behind.
-        first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file)
-        self._announce_first_password(first, urls)
+        if settings.auth_backend == "ldap":
+            # Users live in the directory: no users file, no first user.
+            log.info("users: logins at /enroll are checked by the directory {url}", url=settings.ldap_url)
+        else:
+            # Only now, with every port bound: a start that failed earlier leaves no users file behind.
+            first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file)
+            self._announce_first_password(first, urls)
         for url in urls:
             log.info("otad listening on {url}/", url=url)
         systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))
