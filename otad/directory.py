@@ -93,10 +93,6 @@ def _password(path: Path) -> bytes:
     return lines[0]
 
 
-class _Client(LDAPClient):
-    """ldaptor's client, told apart in logs from other protocols."""
-
-
 def _tls_failure(reason: BaseException) -> str | None:
     """A short reason when the TLS handshake with the directory failed, else None."""
     if isinstance(reason, VerificationError):
@@ -188,18 +184,20 @@ class DirectoryChecker:
     def _timed(self, operation: Deferred[T]) -> Deferred[T]:
         return operation.addTimeout(self._settings.ldap_timeout, self._reactor)
 
-    async def _connect(self, files: _Files) -> _Client:
+    async def _connect(self, files: _Files) -> LDAPClient:
         endpoint: Any = HostnameEndpoint(self._reactor, self._host, self._port, timeout=self._settings.ldap_connect_timeout)
         if self._ldaps:
             endpoint = wrapClientTLS(files.tls, endpoint)
-        client: _Client = await endpoint.connect(Factory.forProtocol(_Client))
+        factory = Factory.forProtocol(LDAPClient)
+        factory.noisy = False  # no "Starting factory" lines for every login
+        client: LDAPClient = await endpoint.connect(factory)
         if self._tls and not self._ldaps:
             await self._timed(client.startTLS(files.tls))
         return client
 
     async def _login(self, user: str, password: bytes, files: _Files) -> bytes:
         settings = self._settings
-        client: _Client | None = None
+        client: LDAPClient | None = None
         try:
             client = await self._connect(files)
             member: bool | None = None
@@ -249,13 +247,16 @@ class DirectoryChecker:
         except Exception as failed:
             why = _tls_failure(failed)
             if why is None:
-                raise
+                # Something the client library did not expect (a referral, a malformed answer): still the
+                # directory being unusable, not a 500; the traceback goes to the log for whoever debugs it.
+                log.failure("unexpected trouble talking to the directory {url}", url=settings.ldap_url)
+                why = f"unexpected answer ({type(failed).__name__})"
             raise DirectoryDown(why) from None
         finally:
             if client is not None and client.transport is not None:
                 client.transport.abortConnection()
 
-    async def _bind(self, client: _Client, dn: str, password: bytes, *, service: bool) -> None:
+    async def _bind(self, client: LDAPClient, dn: str, password: bytes, *, service: bool) -> None:
         try:
             await self._timed(LDAPEntry(client, dn).bind(password))
         except (ldaperrors.LDAPInvalidCredentials, ldaperrors.LDAPInappropriateAuthentication, ldaperrors.LDAPInvalidDNSyntax):
@@ -263,7 +264,7 @@ class DirectoryChecker:
                 raise DirectoryDown(f"the directory refused the service account {self._settings.ldap_service_dn}") from None
             raise UnauthorizedLogin("unknown user or wrong password") from None
 
-    async def _find(self, client: _Client, user: str) -> str | None:
+    async def _find(self, client: LDAPClient, user: str) -> str | None:
         """The one entry under search_base that the filter finds for ``user``, or None when there is none or more than one."""
         settings = self._settings
         query = ldapfilter.parseFilter(settings.ldap_search_filter.format(user=pureldap.escape(user)))
@@ -279,7 +280,7 @@ class DirectoryChecker:
             return None
         return entries[0].dn.getText() if entries else None
 
-    async def _is_member(self, client: _Client, dn: str) -> bool:
+    async def _is_member(self, client: LDAPClient, dn: str) -> bool:
         """Whether the group entry's member (or uniqueMember) attribute holds ``dn``."""
         settings = self._settings
         group = LDAPEntry(client, settings.ldap_group)

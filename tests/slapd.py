@@ -22,9 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectError
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
@@ -32,6 +30,7 @@ from twisted.trial.unittest import FailTest
 
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")
+LDAPWHOAMI = Path("/usr/bin/ldapwhoami")
 SCHEMA = Path("/etc/ldap/schema")
 MODULES = Path("/usr/lib/ldap")
 
@@ -158,7 +157,7 @@ class Slapd:
     """One throwaway slapd; ``start()`` (again after ``stop()``), ``stop()``, ``freeze()`` and ``thaw()``."""
 
     def __init__(self, directory: Path) -> None:
-        for binary, package in ((SLAPD, "slapd"), (SLAPADD, "slapd")):
+        for binary, package in ((SLAPD, "slapd"), (SLAPADD, "slapd"), (LDAPWHOAMI, "ldap-utils")):
             if not binary.exists():
                 raise FailTest(f"{binary} is missing: install Debian's {package} and ldap-utils packages (.ci/run does)")
         self.directory = directory.absolute()
@@ -224,19 +223,18 @@ access to * by users read by * none
         args = [str(SLAPD), "-d", "0", "-f", str(config), "-h", urls]
         self._transport = reactor.spawnProcess(process, args[0], args, env={"PATH": "/usr/sbin:/usr/bin:/bin"})
         self._process = process
-        for _ in range(200):
+        # Ready when OpenLDAP's own client can bind as the service account, which also checks the loaded data.
+        whoami = ["-x", "-o", "nettimeout=1", "-H", f"ldap://127.0.0.1:{self.ldap_port}", "-D", SERVICE_DN, "-w", SERVICE_PASSWORD]
+        answer = b""
+        for _ in range(100):
             if process.ended.called:
                 raise FailTest(f"slapd exited at start: {process.output.decode(errors='replace')}")
-            try:
-                connection = await TCP4ClientEndpoint(reactor, "127.0.0.1", self.ldap_port, timeout=1).connect(
-                    Factory.forProtocol(Protocol)
-                )
-            except ConnectError:
-                await deferLater(reactor, 0.05, lambda: None)
-                continue
-            connection.transport.loseConnection()
-            return
-        raise FailTest(f"slapd did not listen on 127.0.0.1:{self.ldap_port} within 10 s")
+            out, err, code = await getProcessOutputAndValue(str(LDAPWHOAMI), whoami, reactor=reactor)
+            if code == 0:
+                return
+            answer = out + err
+            await deferLater(reactor, 0.05, lambda: None)
+        raise FailTest(f"slapd did not answer on 127.0.0.1:{self.ldap_port} within 10 s: {answer.decode(errors='replace')}")
 
     async def stop(self) -> None:
         """Stop slapd (thawed first if frozen) and wait until it has exited."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import socket
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -211,6 +212,31 @@ class DirectoryCheckerTests(SlapdTestCase):
             self.assertEqual(down.why, "no answer within 1s")
             self.assertLess(elapsed, 3)
             self.assertEqual(await self.login(checker, "alice", PASSWORDS["alice"]), b"alice")
+
+        return ensureDeferred(run())
+
+    def test_connect_timeout(self) -> None:
+        """A directory whose host never completes the TCP handshake (a listener with a full accept queue, whose SYNs
+        the kernel drops) is DirectoryDown after [ldap] connect_timeout."""
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        for _ in range(3):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+
+        async def run() -> None:
+            url = f"ldap://127.0.0.1:{server.getsockname()[1]}"
+            checker = self.checker(self.settings(url=url, bind_dn=TEMPLATE, connect_timeout="1s"))
+            started = reactor.seconds()
+            down = await self.login(checker, "alice", PASSWORDS["alice"])
+            self.assertIsInstance(down, DirectoryDown)
+            assert isinstance(down, DirectoryDown)
+            self.assertEqual(down.why, "no connection within 1s")
+            self.assertLess(reactor.seconds() - started, 3)
 
         return ensureDeferred(run())
 
