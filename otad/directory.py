@@ -48,8 +48,6 @@ from otad.pool import PoolFull
 log = Logger()
 T = TypeVar("T")
 
-# Where the escaped user name goes in bind_dn and search_filter.
-USER = "{user}"
 # Longer names are refused before anything reaches the directory.
 MAX_NAME = 255
 
@@ -296,14 +294,11 @@ class DirectoryChecker:
 
 
 def check_start(settings: Config) -> None:
-    """At start-up (on a worker thread): the files the directory settings name can be read; raises DirectoryDown."""
-    if settings.ldap_ca_file is not None:
-        try:
+    """At start-up (on a worker thread): the files the [ldap] settings name can be read; raises DirectoryDown."""
+    try:
+        if settings.ldap_ca_file is not None:
             _certificates(settings.ldap_ca_file)
-        except OSError as error:
-            raise DirectoryDown(f"cannot read {error.filename}: {error.strerror}") from None
-    if settings.ldap_service_password_file is not None:
-        try:
+        if settings.ldap_service_password_file is not None:
             _password(settings.ldap_service_password_file)
-        except OSError as error:
-            raise DirectoryDown(f"cannot read {error.filename}: {error.strerror}") from None
+    except OSError as error:
+        raise DirectoryDown(f"cannot read {error.filename}: {error.strerror}") from None
