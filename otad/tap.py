@@ -232,6 +232,11 @@ class OtadService(MultiService):
         settings = self.settings
         log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
         await self.crypto.run(prepare_data_dir, settings.data_dir)
+        if settings.auth_backend == "ldap":
+            try:
+                await self.crypto.run(check_start, settings)
+            except DirectoryDown as down:
+                raise StartError(f"[ldap]: {down.why}") from None
         now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
         created: list[str] = []
         warnings: list[str] = []
@@ -241,11 +246,6 @@ class OtadService(MultiService):
         for line in warnings:
             log.warn("certificates: {line}", line=line)
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
-        if settings.auth_backend == "ldap":
-            try:
-                await self.crypto.run(check_start, settings)
-            except DirectoryDown as down:
-                raise StartError(f"[ldap]: {down.why}") from None
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
         self.authority = authority

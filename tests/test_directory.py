@@ -25,7 +25,7 @@ from otad.config import Config
 from otad.directory import DirectoryChecker, DirectoryDown
 from otad.logins import NotPermitted
 from otad.pool import PoolFull
-from tests.daemon import Daemon
+from tests.daemon import Daemon, DaemonExited
 from tests.fakeapple import FakeAppleHierarchy
 from tests.fakedevice import FakeDevice, UnexpectedResponse
 from tests.helpers import InlinePool, MemorySite
@@ -393,6 +393,28 @@ class DirectoryDaemonTests(SlapdTestCase):
             for secret in (PASSWORDS["alice"], PASSWORDS["bob"], SERVICE_PASSWORD):
                 self.assertNotIn(secret.encode(), daemon.output)
             self.assertIn(f"directory: alice logged in as {user_dn('alice')}", daemon.output.decode())
+
+        return ensureDeferred(run())
+
+    def test_unreadable_files_stop_the_start(self) -> None:
+        """A ca_file or service_password_file that cannot be read stops the daemon's start with one line naming it
+        (exit status 1), before any key is made."""
+
+        async def run() -> None:
+            for key in ("ca_file", "service_password_file"):
+                folder = Path(self.mktemp()).absolute()
+                conf = ldap_config(folder, self.slapd, **search_mode(**{key: str(folder / "missing.pem")}))
+                data_dir = folder / "data"
+                data_dir.mkdir()
+                daemon = Daemon(data_dir, ("--config", str(conf)))
+                self.addCleanup(daemon.stop)
+                with self.assertRaises(DaemonExited) as raised:
+                    await daemon.start()
+                self.assertIn(
+                    f"otad cannot start: [ldap]: cannot read {folder / 'missing.pem'}: No such file or directory", str(raised.exception)
+                )
+                self.assertEqual(daemon.exit_code, 1)
+                self.assertFalse((data_dir / "certs" / "ca.key").exists())
 
         return ensureDeferred(run())
 
