@@ -219,9 +219,10 @@ access to * by users read by * none
             self._loaded = True
         process = _Process()
         urls = f"ldap://127.0.0.1:{self.ldap_port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
-        # -d 0: stay in the foreground (a child of the test) and log nothing but errors.
-        args = [str(SLAPD), "-d", "0", "-f", str(config), "-h", urls]
-        self._transport = reactor.spawnProcess(process, args[0], args, env={"PATH": "/usr/sbin:/usr/bin:/bin"})
+        # -d 0: stay in the foreground (a child of the test) and log nothing but errors. setpriv --pdeathsig
+        # (util-linux) ends slapd with the test process, should that die before stop().
+        args = ["setpriv", "--pdeathsig", "KILL", "--", str(SLAPD), "-d", "0", "-f", str(config), "-h", urls]
+        self._transport = reactor.spawnProcess(process, "/usr/bin/setpriv", args, env={"PATH": "/usr/sbin:/usr/bin:/bin"})
         self._process = process
         # Ready when OpenLDAP's own client can bind as the service account, which also checks the loaded data.
         whoami = ["-x", "-o", "nettimeout=1", "-H", f"ldap://127.0.0.1:{self.ldap_port}", "-D", SERVICE_DN, "-w", SERVICE_PASSWORD]
