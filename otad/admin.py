@@ -51,6 +51,17 @@ def _settings(args: argparse.Namespace) -> configuration.Config:
     )
 
 
+def _users_file(args: argparse.Namespace) -> configuration.Config:
+    """The settings, for a ``user`` command: refused when the users live in an LDAP directory, not in the file."""
+    settings = _settings(args)
+    if settings.auth_backend == "ldap":
+        raise AdminError(
+            f"users live in the directory {settings.ldap_url} ([auth] backend = ldap): add, remove and list them there; "
+            "otad-admin user manages only the htpasswd file"
+        )
+    return settings
+
+
 def _writable(directory: Path) -> None:
     """Refuse to touch the daemon's files as a user whose files the daemon could not use."""
     try:
@@ -82,7 +93,7 @@ def _forget_first_password(settings: configuration.Config, name: bytes) -> None:
 
 
 def user_add(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _users_file(args)
     _writable(settings.htpasswd.parent)
     name = args.name.encode("utf-8")
     try:
@@ -95,7 +106,7 @@ def user_add(args: argparse.Namespace) -> int:
 
 
 def user_remove(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _users_file(args)
     _writable(settings.htpasswd.parent)
     name = args.name.encode("utf-8")
     if not users.remove_user(settings.htpasswd, name):
@@ -106,7 +117,7 @@ def user_remove(args: argparse.Namespace) -> int:
 
 
 def user_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _users_file(args)
     try:
         names = sorted(users.parse(settings.htpasswd.read_bytes()))
     except FileNotFoundError:

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ldaptor.ldapfilter import InvalidLDAPFilter, parseFilter
+from ldaptor.protocols.ldap.distinguishedname import DistinguishedName, InvalidRelativeDistinguishedName
+
 from otad import listeners
 from otad.listeners import Listener
 from otad.tls import INTERMEDIATE_CIPHERS, check_ciphers
@@ -205,6 +208,65 @@ def _tls_ciphers(text: str) -> str:
     return check_ciphers(text.strip())
 
 
+def _ldap_url(text: str) -> str:
+    """``ldap://host[:port]`` or ``ldaps://host[:port]``, or empty; nothing after the host but an optional ``/``."""
+    url = text.strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    try:
+        _ = parts.port  # urllib checks the port only when asked
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError(f"must be ldap://HOST[:PORT] or ldaps://HOST[:PORT], not {text!r}")
+    return url.rstrip("/")
+
+
+def _user_template(check: Callable[[str], object]) -> Callable[[str], str]:
+    """A template with ``{user}`` where the escaped user name goes, and no other ``{...}``; ``check`` parses a sample."""
+
+    def parse(text: str) -> str:
+        value = text.strip()
+        if not value:
+            return ""
+        if "{user}" not in value:
+            raise ValueError("must contain {user}, where the user name goes")
+        try:
+            sample = value.format(user="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("has a '{' or '}' other than {user} (write {{ or }} for a brace)") from None
+        check(sample)
+        return value
+
+    return parse
+
+
+def _dn(text: str) -> str:
+    """A distinguished name (RFC 4514), or empty."""
+    value = text.strip()
+    if not value:
+        return ""
+    try:
+        name = DistinguishedName(stringValue=value)
+    except (InvalidRelativeDistinguishedName, IndexError, ValueError):
+        name = None
+    # ldaptor's parser lets empty RDNs and attribute types through; a directory would not.
+    pairs = [rdn.attributeTypesAndValues for rdn in name.listOfRDNs] if name is not None else []
+    if not pairs or not all(rdn and all(pair.attributeType for pair in rdn) for rdn in pairs):
+        raise ValueError(f"not a distinguished name like ou=people,dc=example,dc=org: {text!r}")
+    return value
+
+
+def _ldap_filter(text: str) -> str:
+    """An LDAP search filter (RFC 4515)."""
+    try:
+        parseFilter(text)
+    except InvalidLDAPFilter:
+        raise ValueError(f"not an LDAP filter like (uid={{user}}): {text!r}") from None
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     """Where a Config field comes from: ``[section] key`` of the ini file, its parser and its default text."""
@@ -257,6 +319,21 @@ class Config:
     failures_per_user: int = _setting("auth", "failures_per_user", _int_range(1, 1_000_000), "5")
     failure_window: int = _setting("auth", "failure_window", parse_duration, "15m")
     allow_plain_http_login: bool = _setting("auth", "allow_plain_http", _boolean, "no")
+    auth_backend: str = _setting("auth", "backend", _choice("htpasswd", "ldap"), "htpasswd")
+    ldap_url: str = _setting("ldap", "url", _ldap_url, "")
+    ldap_starttls: bool = _setting("ldap", "starttls", _boolean, "yes")
+    ldap_allow_plain: bool = _setting("ldap", "allow_plain", _boolean, "no")
+    ldap_ca_file: Path | None = _setting("ldap", "ca_file", _path, "")
+    ldap_bind_dn: str = _setting("ldap", "bind_dn", _user_template(_dn), "")
+    ldap_search_base: str = _setting("ldap", "search_base", _dn, "")
+    ldap_search_filter: str = _setting("ldap", "search_filter", _user_template(_ldap_filter), "(uid={user})")
+    ldap_service_dn: str = _setting("ldap", "service_dn", _dn, "")
+    ldap_service_password_file: Path | None = _setting("ldap", "service_password_file", _path, "")
+    ldap_group: str = _setting("ldap", "group", _dn, "")
+    ldap_group_attribute: str = _setting("ldap", "group_attribute", _choice("member", "uniqueMember"), "member")
+    ldap_connect_timeout: int = _setting("ldap", "connect_timeout", parse_duration, "5s")
+    ldap_timeout: int = _setting("ldap", "timeout", parse_duration, "10s")
+    ldap_connections: int = _setting("ldap", "connections", _int_range(1, 1024), "8")
     realm: str = _setting("enrollment", "realm", _realm, "otad")
     identifier: str = _setting("enrollment", "identifier", _identifier, "com.example.otad")
     display_name: str = _setting("enrollment", "display_name", _nonempty, "Example Inc. Profile Service")
@@ -357,6 +434,18 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+def _check_ldap(values: dict[str, Any]) -> None:
+    """With ``[auth] backend = ldap``, the [ldap] settings must make one complete way of binding."""
+    if not values["ldap_url"]:
+        raise ConfigError("bad value for [ldap] url: [auth] backend = ldap needs the directory's ldaps:// or ldap:// URL")
+    if bool(values["ldap_bind_dn"]) == bool(values["ldap_search_base"]):
+        raise ConfigError("bad value for [ldap] bind_dn: set either bind_dn (a DN template) or search_base (search, then bind), not both")
+    if values["ldap_search_base"] and not (values["ldap_service_dn"] and values["ldap_service_password_file"]):
+        raise ConfigError("bad value for [ldap] service_dn: search_base needs service_dn and service_password_file to search with")
+    if values["ldap_url"].startswith("ldap://") and not values["ldap_starttls"] and not values["ldap_allow_plain"]:
+        raise ConfigError("bad value for [ldap] starttls: no sends passwords to ldap:// in clear text; that needs allow_plain = yes")
+
+
 def load(path: Path | None = None, overrides: Mapping[str, object] | None = None) -> Config:
     """Read the ini file (if any), apply command-line overrides, and validate everything.
 
@@ -387,6 +476,8 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         raise ConfigError("bad value for [scep] min_key_size: 1024 needs allow_legacy_1024 = yes")
     if "UDID" not in values["device_attributes"]:
         raise ConfigError("bad value for [enrollment] device_attributes: UDID is required")
+    if values["auth_backend"] == "ldap":
+        _check_ldap(values)
     values["htpasswd"] = values["htpasswd"] or values["data_dir"] / "htpasswd"
     values["ca_common_name"] = values["ca_common_name"] or f"{values['organization']} otad Root CA"
     return Config(**values)

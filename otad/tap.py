@@ -35,6 +35,7 @@ from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
+from otad.directory import DirectoryDown, check_start
 from otad.files import check_writer, make_directory
 from otad.listeners import Listener
 from otad.pool import WorkerPool
@@ -255,6 +256,11 @@ class OtadService(MultiService):
         if worker is None:
             log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
             await self.crypto.run(prepare_data_dir, settings.data_dir)
+        if settings.auth_backend == "ldap":
+            try:
+                await self.crypto.run(check_start, settings)
+            except DirectoryDown as down:
+                raise StartError(f"[ldap]: {down.why}") from None
         now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
         created: list[str] = []
         warnings: list[str] = []
@@ -307,9 +313,13 @@ class OtadService(MultiService):
             return
         keeper.setServiceParent(self)
         TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
-        # Only now, with every port bound: a start that failed earlier leaves no users file behind.
-        first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file, settings.bcrypt_rounds)
-        self._announce_first_password(first, urls)
+        if settings.auth_backend == "ldap":
+            # Users live in the directory: no users file, no first user.
+            log.info("users: logins at /enroll are checked by the directory {url}", url=settings.ldap_url)
+        else:
+            # Only now, with every port bound: a start that failed earlier leaves no users file behind.
+            first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file, settings.bcrypt_rounds)
+            self._announce_first_password(first, urls)
         for url in urls:
             log.info("otad listening on {url}/", url=url)
         systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))

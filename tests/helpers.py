@@ -63,9 +63,11 @@ class MemorySite:
         policy: str = "strict",
         anchors: tuple[Any, ...] = (),
         run_auth: Callable[..., Deferred[Any]] | None = None,
+        network: Any = None,
         **settings: Any,
     ) -> None:
-        """``run_auth`` replaces the inline pool for password checks (to count or hold them)."""
+        """``run_auth`` replaces the inline pool for password checks (to count or hold them); ``network`` is the
+        reactor that reaches an LDAP directory (the real one: the clock here is fake)."""
         import dataclasses
 
         from treq.testing import StubTreq
@@ -96,6 +98,7 @@ class MemorySite:
             DeviceTrust(policy, anchors),
             load_profile_templates(self.settings.templates),
             self.crls,
+            network,
         )
         self.treq = StubTreq(self.site.resource)
 
