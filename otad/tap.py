@@ -32,11 +32,10 @@ from zope.interface import provider
 from otad import __version__, systemd
 from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
-from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.files import check_writer, make_directory
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
+from otad.renewal import CertificateKeeper, OperatorTLS, TLSFiles, open_operator_tls, warn_apple_rules
 from otad.revocation import CRLPublisher
 from otad.site import build_site
 from otad.store import Store, StoreThread
@@ -281,20 +280,20 @@ class OtadService(MultiService):
         own_tls: ServerTLS | None = None
         operators: list[OperatorTLS] = []
         policy = TLSPolicy(settings.tls_ciphers, settings.tls_min_version)
+        # [tls] certificate: one operator certificate for every ssl: listener without certKey= of its own.
+        configured = TLSFiles(settings.tls_certificate, settings.tls_key, settings.tls_chain) if settings.tls_certificate else None
         urls = []
         for listener in settings.listeners:
             factory: Any = site
-            if listener.tls and listener.files:
-                key, chain = await self.crypto.run(load_operator_tls, listener)
-                operator = OperatorTLS(listener, ServerTLS(key, chain, policy))
-                operators.append(operator)
+            if listener.tls and (listener.files or configured is not None):
+                files = TLSFiles.of_listener(listener) if listener.files else configured
+                assert files is not None
+                operator = next((known for known in operators if known.files == files), None)
+                if operator is None:
+                    operator = await self.crypto.run(open_operator_tls, files, policy)
+                    operators.append(operator)
+                    warn_apple_rules(operator.server.chain, settings.hostname, now, files.certificate)
                 factory = operator.server.wrap(site)
-                for problem in tls_server_problems(chain[0], settings.hostname, now):
-                    log.warn(
-                        "the TLS certificate {path} will be refused by Apple devices: {problem}",
-                        path=str(listener.files["certKey"]),
-                        problem=problem,
-                    )
             elif listener.tls:
                 if own_tls is None:
                     own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain], policy)

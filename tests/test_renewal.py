@@ -130,13 +130,14 @@ class CertificateKeeperTests(unittest.TestCase):
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
         listener = listeners.parse(f"ssl:0:certKey={directory / 'fullchain.pem'}:privateKey={directory / 'privkey.pem'}")
-        served = tls.ServerTLS(*renewal.load_operator_tls(listener))
+        operator = renewal.open_operator_tls(renewal.TLSFiles.of_listener(listener), tls.TLSPolicy())
+        served = operator.server
         self.assertEqual(len(served.chain), 2)
         keeper = renewal.CertificateKeeper(
             self.authority,
             _loader(self.certs_dir),
             None,
-            [renewal.OperatorTLS(listener, served)],
+            [operator],
             "otad.example.com",
             InlinePool(None, "inline", 1),
             self.clock,  # type: ignore[arg-type]
