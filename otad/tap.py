@@ -331,6 +331,8 @@ class OtadService(MultiService):
             enroll = f"{settings.public_url}/enroll"
         elif https or settings.allow_plain_http_login:
             enroll = f"{(https or urls)[0]}/enroll"
+        elif settings.trusted_proxies:
+            enroll = "/enroll at the https:// address of the TLS proxy in front of otad (trusted_proxies)"
         else:
             enroll = "an https:// URL (no ssl: listener here, and /enroll refuses passwords over plain HTTP)"
         # Under systemd (JOURNAL_STREAM) "auto" keeps the password out of the journal: the file has it.
