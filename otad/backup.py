@@ -87,6 +87,7 @@ def create_backup(settings: Config, store: Store, target: Path) -> Summary:
         snapshot = Path(scratch) / DATABASE
         try:
             store.backup(snapshot)
+            os.chmod(snapshot, 0o600)
         except sqlite3.Error as error:
             raise BackupError(f"cannot copy the state database {settings.database}: {error}") from None
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
