@@ -87,7 +87,7 @@ def user_add(args: argparse.Namespace) -> int:
     _writable(settings.htpasswd.parent)
     name = args.name.encode("utf-8")
     try:
-        users.set_password(settings.htpasswd, name, _read_password(args))
+        users.set_password(settings.htpasswd, name, _read_password(args), settings.bcrypt_rounds)
     except users.UsersFileError as error:
         raise AdminError(str(error)) from None
     _forget_first_password(settings, name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 import socket
 import string
@@ -82,6 +83,16 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return check
+
+
+def _workers(text: str) -> int:
+    """A number of worker processes, or ``auto`` for one per core."""
+    if text.strip() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise ValueError("must be auto or between 1 and 64")
+    return value
 
 
 def _boolean(text: str) -> bool:
@@ -246,6 +257,8 @@ class Config:
     proxy_headers: str = _setting("server", "proxy_headers", _choice("x-forwarded", "forwarded"), "x-forwarded")
     crypto_threads: int = _setting("server", "crypto_threads", _int_range(1, 64), "2")
     auth_threads: int = _setting("server", "auth_threads", _int_range(1, 64), "2")
+    workers: int = _setting("server", "workers", _workers, "1")
+    drain_timeout: int = _setting("server", "drain_timeout", parse_duration, "10s")
     head_timeout: int = _setting("limits", "head_timeout", parse_duration, "4s")
     idle_timeout: int = _setting("limits", "idle_timeout", parse_duration, "30s")
     body_rate: int = _setting("limits", "body_rate", _int_range(64, 1 << 30), "2048")
@@ -259,6 +272,7 @@ class Config:
     tls_key: Path | None = _setting("tls", "key", _path, "")
     tls_chain: Path | None = _setting("tls", "chain", _path, "")
     auth_queue: int = _setting("auth", "queue", _int_range(0, 100_000), "16")
+    bcrypt_rounds: int = _setting("auth", "bcrypt_rounds", _int_range(10, 16), "12")
     failures_per_address: int = _setting("auth", "failures_per_address", _int_range(1, 1_000_000), "20")
     failures_per_user: int = _setting("auth", "failures_per_user", _int_range(1, 1_000_000), "5")
     failure_window: int = _setting("auth", "failure_window", parse_duration, "15m")

@@ -111,8 +111,11 @@ class CertificateKeeper(Service):
         crypto: WorkerPool,
         clock: IReactorTime,
         watch_interval: float = WATCH_INTERVAL,
+        after: Callable[[], None] | None = None,
     ) -> None:
+        """``after`` runs after every check that succeeded (a supervisor tells its workers to re-read certs/)."""
         self._authority = authority
+        self._after = after
         self._load = load
         self._own_tls = own_tls
         self._operator_tls = tuple(operator_tls)
@@ -166,15 +169,22 @@ class CertificateKeeper(Service):
             log.warn("certificates: {line}", line=line)
         for operator in self._operator_tls:
             await self._reread(operator, now, daily=True)
+        if self._after is not None:
+            self._after()
 
     async def watch(self) -> None:
-        """Read again each operator's files that changed on disk since they were last read."""
+        """Read again each operator's files that changed on disk since they were last read; when one was new, ``after``
+        runs (a supervisor's workers then read it too)."""
+        renewed = False
         for operator in self._operator_tls:
             state = await self._crypto.run(files_state, operator.files)
             if state != operator.state:
-                await self._reread(operator, self._now(), daily=False)
+                renewed = await self._reread(operator, self._now(), daily=False) or renewed
+        if renewed and self._after is not None:
+            self._after()
 
-    async def _reread(self, operator: OperatorTLS, now: datetime.datetime, *, daily: bool) -> None:
+    async def _reread(self, operator: OperatorTLS, now: datetime.datetime, *, daily: bool) -> bool:
+        """Read the operator's files again and serve them if they changed and fit together; whether they were new."""
         path = operator.files.certificate
         # The state before the read: files that change while being read are simply read again next time.
         state = await self._crypto.run(files_state, operator.files)
@@ -188,7 +198,7 @@ class CertificateKeeper(Service):
                     path=str(path),
                 )
             operator.state = state
-            return
+            return False
         operator.state = state
         changed = chain != list(operator.server.chain)
         if changed:
@@ -200,3 +210,4 @@ class CertificateKeeper(Service):
             operator.server.use(key, chain)
         if changed or daily:
             warn_apple_rules(chain, self._hostname, now, path)
+        return changed

@@ -52,7 +52,7 @@ def build_site(
     """``/``, ``/CA``, ``/enroll``, ``/profile``, ``/scep``, ``/crl`` and ``/ocsp`` over the given store, pools and clock."""
     issued = IssuedCertificates(authority, store)
     enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued)
-    checker = HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file)
+    checker = HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file, settings.bcrypt_rounds)
     policy = LoginPolicy(settings.failures_per_address, settings.failures_per_user, settings.failure_window)
     guard = LoginGuard(checker, store, clock, policy)
     root = Root(

@@ -21,7 +21,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from otad.channel import ConnectionCounter, Limits, OtadChannel
+from otad.channel import ConnectionCounter, Limits, OpenChannels, OtadChannel
 from otad.errors import Kind, Refused, one_line, printable
 from otad.forwarded import HOST, ForwardedError, Origin, TrustedProxies
 
@@ -226,6 +226,10 @@ class OtadRequest(Request):
             self.write(refuse(self, Refusal(413, f"request body larger than {self.max_body} bytes")))
             self.finish()
             return
+        if self.channel is not None and getattr(self.channel, "draining", False):
+            # The daemon is stopping: this answer is the connection's last.
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
         if forwarded_error is not None:
             self.write(refuse(self, Refusal(400, forwarded_error)))
             self.finish()
@@ -250,6 +254,7 @@ class OtadSite(Site):
         self.proxies = proxies or TrustedProxies()
         # A trusted proxy carries many clients on its connections: it is not one abusive address.
         self.connections = ConnectionCounter(self.limits, exempt=self.proxies.trusts)
+        self.open_channels = OpenChannels()
         self.displayTracebacks = False
 
     def log(self, request: http.Request) -> None:

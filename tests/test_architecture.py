@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parent.parent / "otad"
 
 # ARCHITECTURE.md's table, module by module (resources/* are layer 5).
 LAYERS = {
-    **dict.fromkeys(("tap", "admin", "site"), 6),
+    **dict.fromkeys(("tap", "admin", "site", "workers", "worker"), 6),
     **dict.fromkeys(("web", "channel", "forwarded"), 5),
     **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "logins", "revocation", "ocsp", "backup"), 4),
     **dict.fromkeys(

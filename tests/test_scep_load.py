@@ -326,3 +326,17 @@ class SCEPLoadTests(unittest.TestCase):
             self.assertEqual(len(store.certificates()), len(records) + 1)
 
         return ensureDeferred(run())
+
+
+class WorkersSCEPLoadTests(SCEPLoadTests):
+    """The same burst and the same kill against ``[server] workers = 2``: two processes, one store, one winner of every race.
+
+    The kill takes the supervisor and both workers at once, as a power cut would.
+    """
+
+    def new_daemon(self, data_dir: Path) -> Daemon:
+        config = data_dir.parent / f"{data_dir.name}-workers.conf"
+        config.write_text("[server]\nworkers = 2\n")
+        daemon = Daemon(data_dir, ["--config", str(config)], listen=LISTEN)
+        self.addCleanup(daemon.stop)
+        return daemon
