@@ -116,3 +116,33 @@ class PublicCertificateTests(unittest.TestCase):
             self.assertIsNone(daemon.exit_code)
 
         return ensureDeferred(run())
+
+    def test_workers_serve_the_renewed_certificate(self) -> None:
+        """With ``[server] workers = 2`` the supervisor watches the files and, when certbot's renewal swaps them, tells
+        its workers; each worker then serves the new certificate, with no restart."""
+
+        async def run() -> None:
+            folder = Path(self.mktemp()).absolute()
+            (folder / "data").mkdir(parents=True)
+            public = PublicCA.create()
+            letsencrypt = folder / "letsencrypt"
+            first, first_key = public.issue(("localhost", "127.0.0.1"))
+            files = public.write_certbot_files(letsencrypt, first, first_key, serial=1)
+            (folder / "otad.conf").write_text(
+                f"[server]\nworkers = 2\n[tls]\ncertificate = {files['fullchain']}\nkey = {files['privkey']}\n"
+            )
+            daemon = Daemon(folder / "data", ("--config", str(folder / "otad.conf")))
+            self.addCleanup(daemon.stop)
+            port = await daemon.start()
+            self.assertEqual(await threads.deferToThread(served_certificate, port, public.root_pem()), first)
+            renewed, renewed_key = public.issue(("localhost", "127.0.0.1"))
+            public.write_certbot_files(letsencrypt, renewed, renewed_key, serial=2)
+            pattern = rb"\[worker (\d) otad\.renewal#info\] serving the new TLS certificate"
+            started = time.monotonic()
+            while set(re.findall(pattern, daemon.output)) != {b"0", b"1"}:
+                self.assertLess(time.monotonic() - started, renewal.WATCH_INTERVAL * 6, daemon.output.decode(errors="replace")[-2000:])
+                await deferLater(reactor, 0.25, lambda: None)
+            for _ in range(6):
+                self.assertEqual(await threads.deferToThread(served_certificate, port, public.root_pem()), renewed)
+
+        return ensureDeferred(run())
