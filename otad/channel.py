@@ -7,7 +7,8 @@ byte of it is read (and no ``100 Continue``), and time limits a slow client cann
 request head (with a new connection's TLS handshake) within ``head_timeout``, the body at
 ``body_rate`` or faster with no pause longer than ``body_idle``, and ``idle_timeout`` between
 kept-alive requests. Connections beyond
-``max_connections`` in total or ``max_connections_per_address`` from one address get 503.
+``max_connections`` in total or ``max_connections_per_address`` from one address (a trusted
+proxy excepted) get 503.
 A stopping daemon drains (``OpenChannels.drain``): idle connections close at once, the others
 after the answer they are working on.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +65,10 @@ class Limits:
 class ConnectionCounter:
     """Open connections, in total and per client address, for one site."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, exempt: Callable[[str], bool] = lambda address: False) -> None:
+        """``exempt`` names the addresses the per-address cap does not apply to (trusted proxies)."""
         self._limits = limits
+        self._exempt = exempt
         self._per_address: Counter[str] = Counter()
         self.total = 0
 
@@ -72,7 +76,7 @@ class ConnectionCounter:
         """Count a new connection from ``address``, or say why it is refused (then it is not counted)."""
         if self.total >= self._limits.max_connections:
             return "too many connections to this server; try again shortly"
-        if self._per_address[address] >= self._limits.max_connections_per_address:
+        if self._per_address[address] >= self._limits.max_connections_per_address and not self._exempt(address):
             return "too many connections from your address; try again shortly"
         self.total += 1
         self._per_address[address] += 1

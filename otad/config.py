@@ -196,6 +196,21 @@ def _data_dir(text: str) -> Path:
     return Path(text.strip() or ".").expanduser().absolute()
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    """Addresses or CIDR networks, IPv4 and IPv6, separated by spaces or commas; an address is a network of one."""
+    networks = []
+    for word in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(word, strict=True))
+        except ValueError as error:
+            reason = "it has host bits set" if "host bits" in str(error) else "it is not an IP address or network"
+            raise ValueError(f"{word!r}: {reason} (write addresses like 127.0.0.1 or ::1, networks like 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
 def _optional_duration(text: str) -> int:
     return parse_duration(text) if text.strip() else 0
 
@@ -300,6 +315,8 @@ class Config:
     max_body: int = _setting("server", "max_body", _int_range(1024, 16 * 1024 * 1024), "65536")
     json_log: Path | None = _setting("server", "json_log", _path, "")
     first_password: str = _setting("server", "first_password", _choice("auto", "log", "file"), "auto")
+    trusted_proxies: tuple[Network, ...] = _setting("server", "trusted_proxies", _networks, "")
+    proxy_headers: str = _setting("server", "proxy_headers", _choice("x-forwarded", "forwarded"), "x-forwarded")
     crypto_threads: int = _setting("server", "crypto_threads", _int_range(1, 64), "2")
     auth_threads: int = _setting("server", "auth_threads", _int_range(1, 64), "2")
     workers: int = _setting("server", "workers", _workers, "1")
@@ -313,6 +330,9 @@ class Config:
     tls_ciphers: str = _setting("tls", "ciphers", _tls_ciphers, INTERMEDIATE_CIPHERS)
     tls_min_version: str = _setting("tls", "min_version", _choice("TLSv1.2", "TLSv1.3"), "TLSv1.2")
     tls_key_type: str = _setting("tls", "key_type", _choice("rsa", "ecdsa"), "rsa")
+    tls_certificate: Path | None = _setting("tls", "certificate", _path, "")
+    tls_key: Path | None = _setting("tls", "key", _path, "")
+    tls_chain: Path | None = _setting("tls", "chain", _path, "")
     auth_queue: int = _setting("auth", "queue", _int_range(0, 100_000), "16")
     bcrypt_rounds: int = _setting("auth", "bcrypt_rounds", _int_range(10, 16), "12")
     failures_per_address: int = _setting("auth", "failures_per_address", _int_range(1, 1_000_000), "20")
@@ -478,6 +498,10 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         raise ConfigError("bad value for [enrollment] device_attributes: UDID is required")
     if values["auth_backend"] == "ldap":
         _check_ldap(values)
+    if (values["tls_key"] or values["tls_chain"]) and not values["tls_certificate"]:
+        raise ConfigError("bad value for [tls] key and chain: they need [tls] certificate (the certificate file)")
+    if values["tls_certificate"] and not any(listeners.parse(description).tls for description in values["listen"]):
+        raise ConfigError("bad value for [tls] certificate: no ssl: listener would serve it")
     values["htpasswd"] = values["htpasswd"] or values["data_dir"] / "htpasswd"
     values["ca_common_name"] = values["ca_common_name"] or f"{values['organization']} otad Root CA"
     return Config(**values)

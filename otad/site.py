@@ -20,6 +20,7 @@ from otad.config import Config
 from otad.device_trust import DeviceTrust
 from otad.directory import DirectoryChecker
 from otad.enrollment import Enrollment
+from otad.forwarded import TrustedProxies
 from otad.issued import IssuedCertificates
 from otad.logins import LoginGuard, LoginPolicy
 from otad.ocsp import OCSPResponder
@@ -88,4 +89,4 @@ def build_site(
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_address,
     )
-    return OtadSite(root, limits, reactor=clock)
+    return OtadSite(root, limits, TrustedProxies(settings.trusted_proxies, settings.proxy_headers), reactor=clock)

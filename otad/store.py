@@ -263,6 +263,18 @@ class Store:
     def schema_version(self) -> int:
         return _version(self._db)
 
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the whole database at ``target``, while others (the daemon) go on writing.
+
+        SQLite's online backup copies every page in one step, inside one read transaction: in WAL
+        mode that is a snapshot, and it holds up no writer.
+        """
+        copy = sqlite3.connect(str(target))
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+
     def _upgrade(self, current: int) -> None:
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)")

@@ -33,13 +33,12 @@ from zope.interface import provider
 from otad import __version__, systemd
 from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
-from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.directory import DirectoryDown, check_start
 from otad.files import check_writer, make_directory
 from otad.listeners import Listener
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
+from otad.renewal import CertificateKeeper, OperatorTLS, TLSFiles, open_operator_tls, warn_apple_rules
 from otad.revocation import CRLPublisher
 from otad.site import build_site
 from otad.store import Store, StoreThread
@@ -344,7 +343,9 @@ class OtadService(MultiService):
         )
         await self.supervisor.start()
         log.info("{count} workers serving", count=settings.workers)
-        return urls, None, []
+        # The workers serve the operator's files; the supervisor watches them and tells the workers when they change.
+        now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
+        return urls, None, await self._open_operator_tls(now)
 
     def _pass_on_reload(self) -> None:
         if self.supervisor is not None:
@@ -363,28 +364,46 @@ class OtadService(MultiService):
         port_number = getattr(port.getHost(), "port", None)
         return f"{listener.scheme}://{self.settings.hostname}:{port_number}" if port_number is not None else listener.description
 
+    def _operator_files(self, listener: Listener) -> TLSFiles | None:
+        """The operator's certificate files an ``ssl:`` listener serves: its own certKey=, else ``[tls] certificate``."""
+        settings = self.settings
+        if not listener.tls:
+            return None
+        if listener.files:
+            return TLSFiles.of_listener(listener)
+        if settings.tls_certificate is not None:
+            return TLSFiles(settings.tls_certificate, settings.tls_key, settings.tls_chain)
+        return None
+
+    async def _open_operator_tls(self, now: datetime.datetime) -> list[OperatorTLS]:
+        """Each distinct set of operator's files, read once (a start fails on files that won't do)."""
+        settings = self.settings
+        policy = TLSPolicy(settings.tls_ciphers, settings.tls_min_version)
+        operators: list[OperatorTLS] = []
+        for listener in settings.listeners:
+            files = self._operator_files(listener)
+            if files is not None and all(known.files != files for known in operators):
+                operator = await self.crypto.run(open_operator_tls, files, policy)
+                operators.append(operator)
+                if self._worker is None:
+                    warn_apple_rules(operator.server.chain, settings.hostname, now, files.certificate)
+        return operators
+
     async def _listen(
         self, site: OtadSite, authority: Authority, now: datetime.datetime
     ) -> tuple[list[str], ServerTLS | None, list[OperatorTLS]]:
         """Bind every configured listener; HTTPS ones serve otad's TLS certificate or the operator's files."""
         settings = self.settings
         own_tls: ServerTLS | None = None
-        operators: list[OperatorTLS] = []
         policy = TLSPolicy(settings.tls_ciphers, settings.tls_min_version)
+        operators = await self._open_operator_tls(now)
         urls = []
         for index, listener in enumerate(settings.listeners):
             factory: Any = site
-            if listener.tls and listener.files:
-                key, chain = await self.crypto.run(load_operator_tls, listener)
-                operator = OperatorTLS(listener, ServerTLS(key, chain, policy))
-                operators.append(operator)
+            files = self._operator_files(listener)
+            if files is not None:
+                operator = next(known for known in operators if known.files == files)
                 factory = operator.server.wrap(site)
-                for problem in tls_server_problems(chain[0], settings.hostname, now):
-                    log.warn(
-                        "the TLS certificate {path} will be refused by Apple devices: {problem}",
-                        path=str(listener.files["certKey"]),
-                        problem=problem,
-                    )
             elif listener.tls:
                 if own_tls is None:
                     own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain], policy)
@@ -422,6 +441,8 @@ class OtadService(MultiService):
             enroll = f"{settings.public_url}/enroll"
         elif https or settings.allow_plain_http_login:
             enroll = f"{(https or urls)[0]}/enroll"
+        elif settings.trusted_proxies:
+            enroll = "/enroll at the https:// address of the TLS proxy in front of otad (trusted_proxies)"
         else:
             enroll = "an https:// URL (no ssl: listener here, and /enroll refuses passwords over plain HTTP)"
         # Under systemd (JOURNAL_STREAM) "auto" keeps the password out of the journal: the file has it.

@@ -12,8 +12,10 @@ PACKAGE = Path(__file__).parent.parent / "otad"
 # ARCHITECTURE.md's table, module by module (resources/* are layer 5).
 LAYERS = {
     **dict.fromkeys(("tap", "admin", "site", "workers", "worker"), 6),
-    **dict.fromkeys(("web", "channel"), 5),
-    **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "directory", "logins", "revocation", "ocsp"), 4),
+    **dict.fromkeys(("web", "channel", "forwarded"), 5),
+    **dict.fromkeys(
+        ("enrollment", "scep_responder", "issued", "renewal", "users", "directory", "logins", "revocation", "ocsp", "backup"), 4
+    ),
     **dict.fromkeys(
         ("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store", "crl"), 3
     ),
