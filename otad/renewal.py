@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from otad import ca, tls
 from otad.certificate_rules import tls_server_problems
 from otad.listeners import Listener
+from otad.metrics import ROLES, Metrics
 from otad.pool import WorkerPool
 
 log = Logger()
@@ -42,6 +43,12 @@ def load_operator_tls(listener: Listener) -> tuple[tls.ServerKey, list[x509.Cert
     return tls.load_files(files["certKey"], files.get("privateKey"), files.get("extraCertChain"))
 
 
+def not_after(authority: ca.Authority) -> dict[str, float]:
+    """When each of otad's own certificates expires (Unix time), by role: the root and every leaf."""
+    certificates = {role: (authority.root if role == "root" else authority.leaf(role)).cert for role in ROLES}
+    return {role: cert.not_valid_after_utc.timestamp() for role, cert in certificates.items()}
+
+
 class CertificateKeeper(Service):
     """Runs ``check`` every ``CHECK_INTERVAL`` seconds; a failed check is logged and tried again next time."""
 
@@ -54,7 +61,10 @@ class CertificateKeeper(Service):
         hostname: str,
         crypto: WorkerPool,
         clock: IReactorTime,
+        *,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._authority = authority
         self._load = load
         self._own_tls = own_tls
@@ -87,6 +97,7 @@ class CertificateKeeper(Service):
         warnings: list[str] = []
         fresh = await self._crypto.run(self._load, now, renewals.append, warnings.append)
         self._authority.adopt(fresh)
+        self._metrics.own_certificates(not_after(fresh))
         if self._own_tls is not None:
             self._own_tls.use(fresh.tls.key, [fresh.tls.cert, *fresh.tls.chain])
         for line in renewals:

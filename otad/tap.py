@@ -23,7 +23,6 @@ from twisted.logger import (
     Logger,
     PredicateResult,
     globalLogPublisher,
-    jsonFileLogObserver,
 )
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -35,10 +34,13 @@ from otad.ca import Authority, Publication, bootstrap
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.files import check_writer, make_directory
+from otad.health import Readiness
+from otad.jsonlog import JSONLinesObserver
+from otad.metrics import Metrics, MetricsError, ReactorLag
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
+from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls, not_after
 from otad.revocation import CRLPublisher
-from otad.site import build_site
+from otad.site import build_operator_site, build_site
 from otad.store import Store, StoreThread
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.tls import ServerTLS, TLSPolicy
@@ -98,7 +100,7 @@ def _without_first_password(event: LogEvent) -> PredicateResult:
 
 
 class JSONLogService(Service):
-    """Writes every log event as one JSON object per line to ``[server] json_log``, while running."""
+    """Writes every log event as one JSON object per line to ``[server] json_log`` (see otad.jsonlog), while running."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -108,11 +110,9 @@ class JSONLogService(Service):
     def startService(self) -> None:
         super().startService()
         self._file = open(self._path, "a", encoding="utf-8")
-        # The first-start password is shown once on the console, never kept in a log file.
-        self._observer = FilteringLogObserver(
-            jsonFileLogObserver(self._file, recordSeparator=""),
-            [_without_first_password],
-        )
+        # The first-start password is shown once on the console, never kept in a log file (and
+        # the allow-list of fields would keep it out of the line's fields anyway).
+        self._observer = FilteringLogObserver(JSONLinesObserver(self._file), [_without_first_password])
         globalLogPublisher.addObserver(self._observer)
 
     def stopService(self) -> None:
@@ -125,6 +125,26 @@ class JSONLogService(Service):
 
 # Challenges are kept a day past expiry (so refusals can still say "expired"), then purged.
 PURGE_INTERVAL = 3600
+
+
+def purge(store: StoreThread, metrics: Metrics, *, since: float, now: float, window: float) -> Deferred[None]:
+    """The hourly clean-up: count the challenges that expired unused since the last one, then forget old
+    challenges and login failures."""
+
+    def clean(db: Store) -> tuple[dict[str, int], int]:
+        # Counted here, when they expire: a challenge is purged only a day after that.
+        expired = db.expired_unused(since=since, until=now)
+        db.purge_login_failures(now=now, window=window)
+        return expired, db.purge_challenges(now=now)
+
+    def cleaned(result: tuple[dict[str, int], int]) -> None:
+        expired, count = result
+        for kind, unused in expired.items():
+            metrics.challenges_expired.labels(kind=kind).inc(unused)
+        if count:
+            log.info("purged {count} expired challenges", count=count)
+
+    return store.call(clean).addCallback(cleaned)
 
 
 def load_profile_templates(directory: Path | None) -> list[Template]:
@@ -171,15 +191,23 @@ class OtadService(MultiService):
         super().__init__()
         self.settings = settings
         self._reactor = reactor
-        self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads)
+        self.metrics = metrics = Metrics()
+        self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads, metrics=metrics)
         self.crypto.setServiceParent(self)
-        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue)
+        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue, metrics=metrics)
         self.auth.setServiceParent(self)
-        self.store = StoreThread(reactor, lambda: Store.open(settings.database))
+        self.store = StoreThread(reactor, lambda: Store.open(settings.database), metrics=metrics)
         self.store.setServiceParent(self)
+        self.readiness = Readiness(self.store, reactor)
+        # Scrapes render off the reactor thread, and never wait behind enrollment work.
+        self.render = WorkerPool(reactor, "otad-metrics", 1)
+        self.render.setServiceParent(self)
+        ReactorLag(metrics, reactor).setServiceParent(self)
         if settings.json_log is not None:
             JSONLogService(settings.json_log).setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        self.operator_ports: list[IListeningPort] = []
+        self._last_purge = 0.0
         self.authority: Authority | None = None
         self.keeper: CertificateKeeper | None = None
         self.ready: Deferred[None] | None = None
@@ -230,6 +258,8 @@ class OtadService(MultiService):
     async def _start(self) -> None:
         settings = self.settings
         log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
+        # First, so that /healthz answers and /readyz says "starting" while the keys are made.
+        await self._listen_operator()
         await self.crypto.run(prepare_data_dir, settings.data_dir)
         now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
         created: list[str] = []
@@ -243,7 +273,8 @@ class OtadService(MultiService):
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
         await self.store.open()
         self.authority = authority
-        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check)
+        self.metrics.own_certificates(not_after(authority))
+        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check, metrics=self.metrics)
         await crls.check()
         crls.setServiceParent(self)
         site = build_site(
@@ -256,22 +287,56 @@ class OtadService(MultiService):
             DeviceTrust(settings.device_policy, anchors),
             profile_templates,
             crls,
+            self.metrics,
         )
         urls, own_tls, operators = await self._listen(site, authority, now)
         if authority.publication.base is None:
             authority.publication = Publication(urls[0])
         self.keeper = CertificateKeeper(
-            authority, self._authority_loader(create=False), own_tls, operators, settings.hostname, self.crypto, self._reactor
+            authority,
+            self._authority_loader(create=False),
+            own_tls,
+            operators,
+            settings.hostname,
+            self.crypto,
+            self._reactor,
+            metrics=self.metrics,
         )
         self.keeper.setServiceParent(self)
         signal.signal(signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reload))
+        self._last_purge = self._reactor.seconds()
         TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
         # Only now, with every port bound: a start that failed earlier leaves no users file behind.
         first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file)
         self._announce_first_password(first, urls)
         for url in urls:
             log.info("otad listening on {url}/", url=url)
+        self.readiness.ready()
         systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))
+
+    async def _listen_operator(self) -> None:
+        """Bind ``[metrics] listen``: /metrics, /healthz and /readyz for the operator, never for devices."""
+        listeners = self.settings.metrics_listeners
+        if not listeners:
+            return
+        site = build_operator_site(self.metrics, self.readiness, self.render.run, self._reactor)
+        for listener in listeners:
+            try:
+                port = await listener.endpoint(self._reactor).listen(site)
+            except CannotListenError as error:
+                cause = error.socketError
+                raise StartError(f"cannot listen on {listener.description}: {getattr(cause, 'strerror', None) or cause}") from None
+            self.operator_ports.append(port)
+            address = port.getHost()
+            host, number = getattr(address, "host", None), getattr(address, "port", None)
+            where = f"http://{'[' + host + ']' if host and ':' in host else host}:{number}" if number is not None else listener.description
+            if host in ("0.0.0.0", "::"):
+                log.warn(
+                    "the metrics listener {description} accepts connections on every interface: add interface=127.0.0.1 "
+                    "unless devices cannot reach this port",
+                    description=listener.description,
+                )
+            log.info("otad metrics and health checks on {where} (/metrics, /healthz, /readyz)", where=where)
 
     async def _listen(
         self, site: OtadSite, authority: Authority, now: datetime.datetime
@@ -357,14 +422,8 @@ class OtadService(MultiService):
 
     def _purge(self) -> Deferred[object]:
         now = self._reactor.seconds()
-        window = self.settings.failure_window
-
-        def purge(store: Store) -> int:
-            store.purge_login_failures(now=now, window=window)
-            return store.purge_challenges(now=now)
-
-        purging = self.store.call(purge)
-        purging.addCallback(lambda count: log.info("purged {count} expired challenges", count=count) if count else None)
+        since, self._last_purge = self._last_purge, now
+        purging = purge(self.store, self.metrics, since=since, now=now, window=self.settings.failure_window)
         # Never let a failure reach TimerService, which would stop purging for good.
         return purging.addErrback(lambda failure: log.failure("purging expired challenges failed", failure=failure))
 
@@ -377,13 +436,28 @@ class OtadService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         systemd.notify("STOPPING=1")
+        self.readiness.stopping()
         stopping = ensureDeferred(self._stop_listening())
+        stopping.addCallback(lambda _: ensureDeferred(self._stop_operator()))
         stopping.addCallback(lambda _: MultiService.stopService(self))
         return stopping
+
+    async def _stop_operator(self) -> None:
+        """After the device listeners: until they are closed, /readyz answers "stopping" rather than
+        refusing the connection; before the pools stop, which /metrics needs."""
+        ports, self.operator_ports = self.operator_ports, []
+        for port in ports:
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     os.umask(0o077)
-    return OtadService(options["settings"], reactor)
+    try:
+        return OtadService(options["settings"], reactor)
+    except MetricsError as error:
+        print(f"otad cannot start: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -13,12 +13,12 @@ PACKAGE = Path(__file__).parent.parent / "otad"
 LAYERS = {
     **dict.fromkeys(("tap", "admin", "site"), 6),
     **dict.fromkeys(("web", "channel"), 5),
-    **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "logins", "revocation", "ocsp"), 4),
+    **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "logins", "revocation", "ocsp", "health"), 4),
     **dict.fromkeys(
         ("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store", "crl"), 3
     ),
     **dict.fromkeys(("certificate_rules", "listeners"), 2),
-    **dict.fromkeys(("errors", "files", "pool", "tokens", "udid", "systemd"), 1),
+    **dict.fromkeys(("errors", "files", "pool", "tokens", "udid", "systemd", "metrics", "jsonlog"), 1),
 }
 
 
