@@ -8,12 +8,18 @@ call is outstanding no second one is queued behind it.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, fail
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from otad.errors import Refused, one_line
+from otad.metrics import Metrics
 from otad.store import Store, StoreThread
+
+log = Logger()
 
 STARTING = "starting: keys not loaded yet"
 STOPPING = "stopping"
@@ -99,3 +105,39 @@ class Readiness:
                 waiter.errback(result)
             else:
                 waiter.callback(None)
+
+
+class ReadinessGauge(Service):
+    """Sets ``otad_ready`` from ``Readiness`` every ``interval`` seconds, so that an alert needs no probe of its own;
+    a change is logged once (not every check)."""
+
+    def __init__(self, readiness: Readiness, metrics: Metrics, clock: IReactorTime, interval: float = 15.0) -> None:
+        self._readiness = readiness
+        self._metrics = metrics
+        self._interval = interval
+        self._last: str | None = ""
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> Deferred[None]:
+        async def update() -> None:
+            problem = await self._readiness.problem()
+            self._metrics.ready.set(0 if problem else 1)
+            if problem != self._last and (problem or self._last):
+                if problem:
+                    log.warn("not ready: {reason}", reason=problem, outcome="not ready")
+                else:
+                    log.info("ready", outcome="ready")
+            self._last = problem
+
+        # Never let a failure reach the LoopingCall, which would stop checking for good.
+        return ensureDeferred(update()).addErrback(lambda failure: log.failure("checking readiness failed", failure=failure))

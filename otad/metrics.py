@@ -205,6 +205,12 @@ class Metrics:
         self.pool_refused = Counter(
             "otad_pool_refused_calls", "Calls refused (503) because a pool's queue was full.", ["pool"], registry=registry
         )
+        self.ready = Gauge(
+            "otad_ready",
+            "1 when /readyz would answer 200, else 0; checked every 15 s (the worst process in multiprocess mode).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self.reactor_lag = Gauge(
             "otad_reactor_lag_seconds",
             "How late the reactor ran a timer at the last check (once a second); high means something blocks it.",

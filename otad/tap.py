@@ -34,7 +34,7 @@ from otad.ca import Authority, Publication, bootstrap
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.files import check_writer, make_directory
-from otad.health import Readiness
+from otad.health import Readiness, ReadinessGauge
 from otad.jsonlog import JSONLinesObserver
 from otad.metrics import Metrics, MetricsError, ReactorLag
 from otad.pool import WorkerPool
@@ -199,6 +199,8 @@ class OtadService(MultiService):
         self.store = StoreThread(reactor, lambda: Store.open(settings.database), metrics=metrics)
         self.store.setServiceParent(self)
         self.readiness = Readiness(self.store, reactor)
+        self.ready_gauge = ReadinessGauge(self.readiness, metrics, reactor)
+        self.ready_gauge.setServiceParent(self)
         # Scrapes render off the reactor thread, and never wait behind enrollment work.
         self.render = WorkerPool(reactor, "otad-metrics", 1)
         self.render.setServiceParent(self)
@@ -312,6 +314,7 @@ class OtadService(MultiService):
         for url in urls:
             log.info("otad listening on {url}/", url=url)
         self.readiness.ready()
+        self.ready_gauge.check()
         systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))
 
     async def _listen_operator(self) -> None:
@@ -437,6 +440,7 @@ class OtadService(MultiService):
     def stopService(self) -> Deferred[None]:
         systemd.notify("STOPPING=1")
         self.readiness.stopping()
+        self.metrics.ready.set(0)
         stopping = ensureDeferred(self._stop_listening())
         stopping.addCallback(lambda _: ensureDeferred(self._stop_operator()))
         stopping.addCallback(lambda _: MultiService.stopService(self))

@@ -12,7 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from otad import config
-from otad.health import Readiness
+from otad.health import Readiness, ReadinessGauge
 from otad.store import Store, StoreThread
 from otad.tap import OtadService
 from tests.daemon import Daemon
@@ -74,6 +74,28 @@ class HealthTests(unittest.TestCase):
         self.assertEqual(code, 404)
         response = self.successResultOf(self.memory.operator_treq.request("POST", "http://127.0.0.1:9464/readyz"))
         self.assertEqual(response.code, 405)
+
+    def test_ready_gauge(self) -> None:
+        """otad_ready follows readiness every 15 s: 0 while starting, 1 once ready, 0 while the store cannot write."""
+        metrics, clock = self.memory.metrics, self.memory.clock
+        gauge = ReadinessGauge(self.memory.readiness, metrics, clock)
+        gauge.startService()
+        self.addCleanup(gauge.stopService)
+
+        def ready() -> float:
+            return metrics.ready._value.get()
+
+        self.assertEqual(ready(), 0)
+        self.memory.readiness.ready()
+        self.assertEqual(ready(), 0)
+        clock.advance(15)
+        self.assertEqual(ready(), 1)
+        self.successResultOf(self.memory.store.call(lambda store: store._db.execute("PRAGMA query_only = ON")))
+        clock.advance(15)
+        self.assertEqual(ready(), 0)
+        self.successResultOf(self.memory.store.call(lambda store: store._db.execute("PRAGMA query_only = OFF")))
+        clock.advance(15)
+        self.assertEqual(ready(), 1)
 
     def test_service_stop_makes_it_not_ready(self) -> None:
         """The daemon's service says "stopping" as soon as its stop begins, before anything is closed."""
