@@ -320,9 +320,10 @@ class Metrics:
         return encoder(registry), content_type
 
 
-def process_ended(pid: int) -> None:
-    """Multiprocess mode: forget the ``live*`` gauges of an otad process that has exited (call it from its parent)."""
-    directory = multiprocess_directory()
+def process_ended(pid: int, directory: Path | None = None) -> None:
+    """Multiprocess mode: forget the ``live*`` gauges (pools, reactor lag, readiness) of an otad process that has
+    exited; its parent calls it. Its counters stay: they are what it did. ``directory`` defaults to the environment's."""
+    directory = directory or multiprocess_directory()
     if directory is not None:
         mark_process_dead(pid, str(directory))
 

@@ -156,6 +156,24 @@ class JSONLineTests(unittest.TestCase):
         self.assertEqual((event.outcome, event.user), ("refused", "\\x1b[31mmallory"))
         self.assertIn("from 127.0.0.1", event.reason)
 
+    def test_throttled_login_is_logged_not_recorded(self) -> None:
+        """A login refused by throttling is logged as refused with the name and the address, but writes no event."""
+        memory = MemorySite(Path(self.mktemp()), failures_per_user=1)
+        self.addCleanup(memory.close)
+        auth = {b"authorization": [b"Basic " + base64.b64encode(b"alice:wrong")]}
+        code, _, _ = self.successResultOf(ensureDeferred(memory.fetch("GET", "/enroll", headers=auth)))
+        self.assertEqual(code, 401)
+        stream = io.StringIO()
+        observer = JSONLinesObserver(stream)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        code, _, _ = self.successResultOf(ensureDeferred(memory.fetch("GET", "/enroll", headers=auth)))
+        self.assertEqual(code, 429)
+        records = [json.loads(line) for line in stream.getvalue().splitlines()]
+        [throttled] = [record for record in records if record.get("reason") == "throttled"]
+        self.assertEqual((throttled["outcome"], throttled["user"], throttled["client"]), ("refused", "alice", "127.0.0.1"))
+        self.assertEqual(len([event for event in memory.events() if event.kind == "login"]), 1)
+
 
 class JSONLogDaemonTests(unittest.TestCase):
     timeout = 180

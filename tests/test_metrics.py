@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from otad.metrics import ROLES, Metrics, MetricsError, ReactorLag
+from otad.metrics import ROLES, Metrics, MetricsError, ReactorLag, process_ended
 from otad.pool import WorkerPool
 from otad.tap import purge
 from tests.daemon import ROOT, Daemon
@@ -295,6 +295,7 @@ class MetricsTests(unittest.TestCase):
 
 # Run in a child process with PROMETHEUS_MULTIPROC_DIR set: what one otad process records.
 _WRITER = """
+import os
 import sys
 from otad.metrics import Metrics
 metrics = Metrics()
@@ -306,6 +307,7 @@ for _ in range(requests):
 metrics.pool("crypto", requests, 2)
 metrics.reactor_lag.set(lag)
 metrics.own_certificates({"tls": expiry})
+print(os.getpid())
 """
 _READER = """
 import sys
@@ -342,6 +344,28 @@ class MultiprocessTests(unittest.TestCase):
             self.assertEqual(value(samples, "otad_reactor_lag_seconds"), 0.5)
             self.assertEqual(value(samples, "otad_certificate_not_after_timestamp_seconds", role="tls"), 2000)
             self.assertEqual([key for key in samples if key[0] == "otad_build_info"], [("otad_build_info", (("version", _version()),))])
+
+        return ensureDeferred(run())
+
+    def test_ended_process_leaves_the_live_gauges(self) -> None:
+        """Once its parent reports an otad process ended, its pool and lag gauges drop out of the sums; its counts stay."""
+
+        async def run() -> None:
+            directory = Path(self.mktemp()).absolute()
+            directory.mkdir()
+            pids = []
+            for requests, lag in (("2", "0.5"), ("3", "0.25")):
+                out, err, code = await self.run_python(_WRITER, directory, requests, lag, "1000")
+                self.assertEqual(code, 0, err)
+                pids.append(int(out))
+            process_ended(pids[0], directory)
+            out, err, code = await self.run_python(_READER, directory)
+            self.assertEqual(code, 0, err)
+            samples = parse(out.decode())
+            self.assertEqual(value(samples, "otad_pool_running_calls", pool="crypto"), 2)
+            self.assertEqual(value(samples, "otad_pool_waiting_calls", pool="crypto"), 1)
+            self.assertEqual(value(samples, "otad_reactor_lag_seconds"), 0.25)
+            self.assertEqual(value(samples, "otad_http_requests_total", route="/scep", status="200", outcome="ok"), 5)
 
         return ensureDeferred(run())
 
