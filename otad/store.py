@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 
 from otad.errors import Unavailable
 from otad.files import give_like
+from otad.metrics import Metrics
 from otad.pool import WorkerPool
 
 T = TypeVar("T")
@@ -35,7 +37,8 @@ class StoreError(RuntimeError):
 
 
 class ChallengeRefused(Exception):
-    """A challenge that is unknown, expired, already used or of the wrong kind; str() is the reason."""
+    """A challenge that is unknown, expired, already used or of the wrong kind; str() is the reason
+    (``unknown challenge``, ``challenge expired``, ``challenge already used``, ``challenge revoked``)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,8 @@ class Store:
         self._db = db
         self.path = path
         self._depth = 0
+        # Write transactions begun so far: a call that began one counts as a write in the metrics.
+        self.transactions = 0
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -249,6 +254,8 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        # Counted first: a write the database refuses at BEGIN is still a write.
+        self.transactions += 1
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
@@ -259,6 +266,15 @@ class Store:
             raise
         self._depth = 0
         self._db.execute("COMMIT")
+
+    def ping(self) -> None:
+        """Answers only when the database could take a write now: it takes the write lock, reads the
+        schema version and rolls back, writing nothing (a read-only or locked database fails)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            _version(self._db)
+        finally:
+            self._db.execute("ROLLBACK")
 
     def schema_version(self) -> int:
         return _version(self._db)
@@ -335,6 +351,14 @@ class Store:
         with self.transaction() as db:
             changed = db.execute("UPDATE challenges SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, challenge_id)).rowcount
         return bool(changed)
+
+    def expired_unused(self, *, since: float, until: float) -> dict[str, int]:
+        """How many challenges of each kind expired in ``(since, until]`` with uses left and unrevoked."""
+        rows = self._db.execute(
+            "SELECT kind, COUNT(*) FROM challenges WHERE expires > ? AND expires <= ? AND uses_left > 0 AND revoked IS NULL GROUP BY kind",
+            (since, until),
+        ).fetchall()
+        return {kind: int(count) for kind, count in rows}
 
     def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
         """Forget challenges that expired more than ``keep`` seconds ago; returns how many."""
@@ -579,20 +603,33 @@ class StoreUnavailable(Unavailable):
     """The database did not answer; nothing was written (the transaction rolled back)."""
 
 
-def _answering(operation: Callable[[Store], T], store: Store) -> T:
+def _answering(operation: Callable[[Store], T], store: Store, metrics: Metrics | None) -> T:
+    started = time.monotonic()
+    transactions = store.transactions
+    failed = False
     try:
         return operation(store)
     except sqlite3.OperationalError as error:
+        failed = True
         raise StoreUnavailable(f"the state database is unavailable: {error}") from None
+    finally:
+        if metrics is not None:
+            kind = "write" if store.transactions != transactions else "read"
+            metrics.store_call(kind, time.monotonic() - started, failed)
 
 
 class StoreThread(WorkerPool):
-    """Runs every store call on one dedicated thread: SQLite commits (an fsync each) never block the reactor."""
+    """Runs every store call on one dedicated thread: SQLite commits (an fsync each) never block the reactor.
 
-    def __init__(self, reactor: IReactorFromThreads, opener: Callable[[], Store]) -> None:
-        super().__init__(reactor, "otad-store", threads=1)
+    With ``metrics``, each call's time is measured on the store thread, as a read or (when it began
+    a transaction) a write.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, opener: Callable[[], Store], *, metrics: Metrics | None = None) -> None:
+        super().__init__(reactor, "otad-store", threads=1, metrics=metrics)
         self._opener = opener
         self._store: Store | None = None
+        self._store_metrics = metrics
 
     def open(self) -> Deferred[Store]:
         """Open (and upgrade) the database on the store thread."""
@@ -609,7 +646,7 @@ class StoreThread(WorkerPool):
         store = self._store
         if store is None:
             raise StoreError("the store is not open")
-        return self.run(_answering, operation, store)
+        return self.run(_answering, operation, store, self._store_metrics)
 
     def stopService(self) -> None:
         store, self._store = self._store, None

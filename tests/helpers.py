@@ -15,6 +15,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from otad.ca import Authority, bootstrap
+from otad.metrics import Metrics
 from otad.pool import WorkerPool
 from otad.store import Store, StoreThread
 
@@ -34,8 +35,8 @@ class InlineStoreThread(StoreThread):
 
     run = InlinePool.run  # type: ignore[assignment]
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(None, lambda: Store.open(path))  # type: ignore[arg-type]
+    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
+        super().__init__(None, lambda: Store.open(path), metrics=metrics)  # type: ignore[arg-type]
         self.open()
 
 
@@ -52,6 +53,16 @@ def authority() -> Authority:
         now=datetime.datetime.now(datetime.UTC),
         report=lambda line: None,
     )
+
+
+def _through(site: Any) -> Any:
+    """A StubTreq whose requests reach ``site`` itself (its channel, request class and request log), not
+    only its resource tree, as they would over a socket."""
+    from treq.testing import StubTreq
+
+    stub = StubTreq(site.resource)
+    stub._agent._serverFactory = site
+    return stub
 
 
 class MemorySite:
@@ -72,13 +83,14 @@ class MemorySite:
         reactor that reaches an LDAP directory (the real one: the clock here is fake)."""
         import dataclasses
 
-        from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
         from otad import config, users
         from otad.device_trust import DeviceTrust
+        from otad.health import Readiness
+        from otad.metrics import Metrics
         from otad.revocation import CRLPublisher
-        from otad.site import build_site
+        from otad.site import build_operator_site, build_site
         from otad.tap import load_profile_templates
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -86,10 +98,11 @@ class MemorySite:
         users.set_password(self.settings.htpasswd, b"alice", b"correct horse", rounds=4)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.store = InlineStoreThread(self.settings.database)
+        self.metrics = Metrics()
+        self.store = InlineStoreThread(self.settings.database, metrics=self.metrics)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
-        self.crls = CRLPublisher(self.authority, self.store, pool, self.clock)
+        self.crls = CRLPublisher(self.authority, self.store, pool, self.clock, metrics=self.metrics)
         self.site = build_site(
             self.settings,
             self.authority,
@@ -101,8 +114,13 @@ class MemorySite:
             load_profile_templates(self.settings.templates),
             self.crls,
             network,
+            metrics=self.metrics,
         )
-        self.treq = StubTreq(self.site.resource)
+        self.treq = _through(self.site)
+        # The operator's listener (/metrics, /healthz, /readyz), over the same store and metrics.
+        self.readiness = Readiness(self.store, self.clock)
+        self.operator = build_operator_site(self.metrics, self.readiness, pool.run, self.clock)
+        self.operator_treq = _through(self.operator)
 
     def close(self) -> None:
         self.store.call(lambda store: store.close())
@@ -130,6 +148,12 @@ class MemorySite:
         status, *lines = head.split(b"\r\n")
         headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
         return int(status.split()[1]), headers, body
+
+    async def fetch_operator(self, path: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        """One GET on the operator's listener."""
+        response = await self.operator_treq.request("GET", "http://127.0.0.1:9464" + path, **kwargs)
+        body = await response.content()
+        return response.code, {name.lower(): values for name, values in response.headers.getAllRawHeaders()}, body
 
     def events(self) -> list[Any]:
         result: list[Any] = []

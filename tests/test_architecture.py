@@ -14,13 +14,14 @@ LAYERS = {
     **dict.fromkeys(("tap", "admin", "site", "workers", "worker"), 6),
     **dict.fromkeys(("web", "channel", "forwarded"), 5),
     **dict.fromkeys(
-        ("enrollment", "scep_responder", "issued", "renewal", "users", "directory", "logins", "revocation", "ocsp", "backup"), 4
+        ("enrollment", "scep_responder", "issued", "renewal", "users", "directory", "logins", "revocation", "ocsp", "backup", "health"),
+        4,
     ),
     **dict.fromkeys(
         ("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store", "crl"), 3
     ),
     **dict.fromkeys(("certificate_rules", "listeners"), 2),
-    **dict.fromkeys(("errors", "files", "pool", "tokens", "udid", "systemd"), 1),
+    **dict.fromkeys(("errors", "files", "pool", "tokens", "udid", "systemd", "metrics", "jsonlog"), 1),
 }
 
 

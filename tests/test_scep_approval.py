@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from otad import admin, cms, config, tokens
 from otad.issued import IssuedCertificates
+from otad.metrics import Metrics
 from otad.scep_responder import SCEPResponder
 from otad.store import Store
 from tests.fakeapple import self_signed_identity
@@ -51,6 +52,7 @@ class SCEPApprovalTests(unittest.TestCase):
             InlinePool(None, "inline", 1),
             self.clock,  # type: ignore[arg-type]
             IssuedCertificates(authority(), self.store),
+            metrics=Metrics(),
         )
         self.key = client_key()
         self.signer = self_signed_identity("approval-test", key=self.key)
