@@ -342,7 +342,7 @@ class Config:
     max_connections_per_address: int = _setting("limits", "max_connections_per_address", _int_range(1, 1_000_000), "64")
     tls_ciphers: str = _setting("tls", "ciphers", _tls_ciphers, INTERMEDIATE_CIPHERS)
     tls_min_version: str = _setting("tls", "min_version", _choice("TLSv1.2", "TLSv1.3"), "TLSv1.2")
-    tls_key_type: str = _setting("tls", "key_type", _choice("rsa", "ecdsa"), "rsa")
+    tls_key_type: str = _setting("tls", "key_type", _choice("rsa", "ecdsa"), "ecdsa")
     tls_certificate: Path | None = _setting("tls", "certificate", _path, "")
     tls_key: Path | None = _setting("tls", "key", _path, "")
     tls_chain: Path | None = _setting("tls", "chain", _path, "")
