@@ -359,11 +359,19 @@ async def make_devices(
 
 
 async def run_all(
-    devices: list[FakeDevice], concurrency: int, user: str, password: str, identity: str, timeout: float
+    devices: list[FakeDevice],
+    concurrency: int,
+    user: str,
+    password: str,
+    identity: str,
+    timeout: float,
+    outcomes: list[Outcome] | None = None,
 ) -> tuple[list[Outcome], float, bool]:
-    """C workers pulling from one queue; returns the outcomes, the wall time and whether the timeout hit."""
+    """C workers pulling from one queue; returns the outcomes (appended to ``outcomes`` as they finish, for
+    progress), the wall time and whether the timeout hit."""
     queue = iter(devices)
-    outcomes: list[Outcome] = []
+    if outcomes is None:
+        outcomes = []
     in_flight: set[Deferred[Outcome]] = set()
     timed_out = False
 
@@ -488,7 +496,14 @@ async def run(arguments: argparse.Namespace) -> int:
         lag.start()
         probe = Probe(FakeDevice(global_reactor, base_url, ca_pem, apple, f"{prefix}PROBE", identity=devices[0].identity))
         probe.start()
-        outcomes, elapsed, timed_out = await run_all(timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout)
+        progress: list[Outcome] = []
+        memory: list[tuple[int, int]] = []
+        sampler = task.LoopingCall(lambda: memory.append((len(progress), tree_rss_kilobytes(pid))) if pid else None)
+        sampler.start(arguments.rss_interval)
+        outcomes, elapsed, timed_out = await run_all(
+            timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout, progress
+        )
+        sampler.stop()
         lag.stop()
         await probe.stop()
         threads_after = tree_thread_cpu_seconds(pid) if pid else (0.0, 0.0)
@@ -552,6 +567,11 @@ async def run(arguments: argparse.Namespace) -> int:
                 f"server VmRSS {status['VmRSS']} (before the timed run {status_before['VmRSS']}), "
                 f"VmHWM {status['VmHWM']}, threads {status['Threads']}; with its workers {rss_after} kB (before {rss_before} kB)"
             )
+        if len(memory) > 2:
+            # Ten samples across the run: a server that keeps something per enrollment grows here.
+            step = max(1, len(memory) // 10)
+            series = [*memory[::step], memory[-1]] if memory[-1] not in memory[::step] else memory[::step]
+            print("server RSS (with workers) by enrollments done: " + ", ".join(f"{done}: {kb / 1024:.0f} MB" for done, kb in series))
         if failed:
             first = failed[0]
             print(f"FAILED {len(failed)} of {len(outcomes)}; first error ({first.udid}, step {first.failed_step}): {first.error}")
@@ -607,6 +627,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", metavar="FILE", help="record a py-spy profile (--threads, raw) of the server during the timed run")
     parser.add_argument("--fresh-connections", action="store_true", help="a new TCP+TLS connection for every request (no keep-alive)")
+    parser.add_argument("--rss-interval", type=float, default=5.0, help="seconds between samples of the server's RSS (default 5)")
     parser.add_argument(
         "--staged", action="store_true", help="server CPU per step: all devices do each step in turn (and bare requests first)"
     )

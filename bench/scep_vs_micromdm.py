@@ -12,9 +12,10 @@ Both servers get the same client: the fake iPhone's independent SCEP code (tests
 PKCSReq built before the clock starts (2048-bit keys reused round-robin, a distinct CN and transactionID
 per request, enveloped to the recipient from each server's GetCACert), posted with C in flight over a
 persistent connection pool, and every CertRep checked after each round. Rounds alternate (otad 1,
-micromdm 1, otad 2, ...) so machine noise hits both. Per round it prints certificates/s, p50/p99 latency
-and server CPU per certificate (/proc/PID/stat); then the medians, the ratio otad/micromdm, failures and
-duplicate serials (warm-up requests included; a duplicate is a certificate whose serial an earlier one
+micromdm 1, otad 2, ...) so machine noise hits both. Per round it prints certificates/s, p50/p99
+latency and server CPU per certificate (/proc/PID/stat of the server and its children: otad's
+workers); then the medians, the ratio otad/micromdm, failures and duplicate serials (warm-up
+requests included; a duplicate is a certificate whose serial an earlier one
 of the same server already had). The exit status is 1 if otad fails any request or repeats a serial,
 130 after Ctrl-C/SIGTERM; micromdm's failures are only reported. The client runs on the same machine
 and competes for its cores.
@@ -67,7 +68,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool  # noqa: E402
 from twisted.web.http_headers import Headers  # noqa: E402
 
-from bench.measure import cpu_seconds, percentile  # noqa: E402
+from bench.measure import cpu_seconds, percentile, tree_thread_cpu_seconds  # noqa: E402
 from otad import tokens  # noqa: E402
 from otad.store import Store  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
@@ -367,12 +368,12 @@ def check(server: Server, outcomes: list[Outcome]) -> tuple[list[float], int, in
 
 
 async def measure_round(http: HTTPClient, server: Server, number: int, batch: list[Prepared], arguments: argparse.Namespace) -> RoundResult:
-    server_before = cpu_seconds(server.pid)
+    server_before = sum(tree_thread_cpu_seconds(server.pid))
     client_before = cpu_seconds(os.getpid())
     started = time.perf_counter()
     outcomes = await fire(http, server.url, batch, arguments.concurrency, arguments.timeout)
     elapsed = time.perf_counter() - started
-    server_cpu = cpu_seconds(server.pid) - server_before
+    server_cpu = sum(tree_thread_cpu_seconds(server.pid)) - server_before
     client_cpu = cpu_seconds(os.getpid()) - client_before
     latencies, failed, duplicates = await deferToThread(check, server, outcomes)
     result = RoundResult(server.name, number, len(batch), len(latencies), failed, duplicates, elapsed, latencies, server_cpu, client_cpu)
