@@ -5,6 +5,7 @@ Every profile otad sends goes through `serialize`, which refuses any error findi
 
 from __future__ import annotations
 
+import functools
 import plistlib
 import re
 import uuid
@@ -203,8 +204,19 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+_SEPARATORS = re.compile(r"[\s_\-]")
+
+
+@functools.lru_cache(maxsize=4096)
 def _normalise_key(key: str) -> str:
-    return re.sub(r"[\s_\-]", "", key).lower()
+    # Cached: every profile otad sends is validated, and its keys are nearly always the same few hundred.
+    return _SEPARATORS.sub("", key).lower()
+
+
+@functools.lru_cache(maxsize=256)
+def _spellings(known: tuple[str, ...]) -> dict[str, str]:
+    """Each known key by its normalised spelling (the known-key tables are constants)."""
+    return {_normalise_key(key): key for key in known}
 
 
 class _Validator:
@@ -336,13 +348,13 @@ class _Validator:
 
     def keys(self, mapping: dict[Any, Any], path: str, known: dict[str, str], what: str) -> None:
         self.misspellings(mapping, path, known)
-        spellings = {_normalise_key(k) for k in known}
+        spellings = _spellings(tuple(known))
         for key in mapping:
             if isinstance(key, str) and key not in known and _normalise_key(key) not in spellings:
                 self.warning(_join(path, key), f"unknown key for {what}")
 
     def misspellings(self, mapping: dict[Any, Any], path: str, known: dict[str, str]) -> None:
-        by_spelling = {_normalise_key(k): k for k in known}
+        by_spelling = _spellings(tuple(known))
         for key in mapping:
             if not isinstance(key, str) or key in known:
                 continue
