@@ -14,7 +14,6 @@ import getpass
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -126,14 +125,16 @@ def _open_store(args: argparse.Namespace) -> Iterator[Store]:
     settings = _settings(args)
     _writable(settings.data_dir)
     try:
-        store = Store.open_existing(settings.database)
+        store = Store.open_existing(settings.store_location)
     except StoreError as error:
         raise AdminError(str(error)) from None
     try:
         yield store
-    except sqlite3.Error as error:
-        # Mostly "database is locked": the daemon held the write lock past the busy timeout.
-        raise AdminError(f"state database {settings.database}: {error}") from None
+    except store.errors as error:
+        # SQLite: mostly "database is locked", the daemon held the write lock past the busy
+        # timeout; PostgreSQL: the server went away.
+        first = str(error).strip().splitlines()
+        raise AdminError(f"state database {store.location}: {first[0] if first else type(error).__name__}") from None
     finally:
         store.close()
 

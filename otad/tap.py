@@ -39,7 +39,7 @@ from otad.pool import WorkerPool
 from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
 from otad.revocation import CRLPublisher
 from otad.site import build_site
-from otad.store import Store, StoreThread
+from otad.store import Store, StoreThread, is_postgresql, open_database
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.tls import ServerTLS, TLSPolicy
 from otad.users import FirstPassword, first_user
@@ -175,7 +175,9 @@ class OtadService(MultiService):
         self.crypto.setServiceParent(self)
         self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue)
         self.auth.setServiceParent(self)
-        self.store = StoreThread(reactor, lambda: Store.open(settings.database))
+        location, connections = settings.store_location, settings.store_connections
+        threads = connections if is_postgresql(location) else 1
+        self.store = StoreThread(reactor, lambda: open_database(location, connections=connections), threads)
         self.store.setServiceParent(self)
         if settings.json_log is not None:
             JSONLogService(settings.json_log).setServiceParent(self)

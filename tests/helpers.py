@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from otad.ca import Authority, bootstrap
 from otad.pool import WorkerPool
-from otad.store import Store, StoreThread
+from otad.store import StoreThread, open_database
 
 T = TypeVar("T")
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC)
@@ -28,13 +28,19 @@ class InlinePool(WorkerPool):
 
 
 class InlineStoreThread(StoreThread):
-    """A StoreThread whose calls run inline, over a real SQLite store in a temporary file."""
+    """A StoreThread whose calls run inline, over a real store: a SQLite file, or a PostgreSQL database."""
 
     run = InlinePool.run  # type: ignore[assignment]
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(None, lambda: Store.open(path))  # type: ignore[arg-type]
+    def __init__(self, location: Path | str) -> None:
+        super().__init__(None, lambda: open_database(location, connections=2))  # type: ignore[arg-type]
         self.open()
+
+    def close(self) -> None:
+        """Close the database (every connection, for PostgreSQL)."""
+        if self._database is not None:
+            self._database.close()
+            self._database = None
 
 
 @functools.cache
@@ -100,7 +106,7 @@ class MemorySite:
         self.treq = StubTreq(self.site.resource)
 
     def close(self) -> None:
-        self.store.call(lambda store: store.close())
+        self.store.close()
 
     async def fetch(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
         """One request; header names come back lower-cased."""
