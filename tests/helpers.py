@@ -69,9 +69,11 @@ class MemorySite:
         policy: str = "strict",
         anchors: tuple[Any, ...] = (),
         run_auth: Callable[..., Deferred[Any]] | None = None,
+        store: Path | str | None = None,
         **settings: Any,
     ) -> None:
-        """``run_auth`` replaces the inline pool for password checks (to count or hold them)."""
+        """``run_auth`` replaces the inline pool for password checks (to count or hold them); ``store`` is
+        another store location than the directory's SQLite file (a PostgreSQL database, another instance's file)."""
         import dataclasses
 
         from treq.testing import StubTreq
@@ -88,7 +90,7 @@ class MemorySite:
         users.set_password(self.settings.htpasswd, b"alice", b"correct horse", rounds=4)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.store = InlineStoreThread(self.settings.database)
+        self.store = InlineStoreThread(store if store is not None else self.settings.store_location)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
         self.crls = CRLPublisher(self.authority, self.store, pool, self.clock)
