@@ -3,6 +3,10 @@
 The check re-reads ``certs/`` without creating anything, renews the TLS, profile-signing and
 RA certificates that need it (``ca.maintain``), re-reads operators' TLS files, and hands the
 results to the listeners, so a renewed certificate is served to new connections at once.
+
+With several instances on one PostgreSQL store the check goes through ``otad.ca_sharing`` (the
+``refresh`` it is given), and the keeper also polls the stored generation every minute, so a
+renewal made by another instance is served here too.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from twisted.application.service import Service
@@ -26,6 +31,10 @@ from otad.pool import WorkerPool
 log = Logger()
 
 CHECK_INTERVAL = 86400
+GENERATION_POLL = 60
+
+Report = Callable[[str], None]
+Refresh = Callable[[datetime.datetime, Report, Report], Deferred[ca.Authority]]
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,12 @@ def load_operator_tls(listener: Listener) -> tuple[tls.ServerKey, list[x509.Cert
 
 
 class CertificateKeeper(Service):
-    """Runs ``check`` every ``CHECK_INTERVAL`` seconds; a failed check is logged and tried again next time."""
+    """Runs ``check`` every ``CHECK_INTERVAL`` seconds; a failed check is logged and tried again next time.
+
+    ``refresh`` replaces running ``load`` on the crypto pool (a shared store's synchronisation);
+    with ``generation`` the keeper also checks whenever that value changes (polled every
+    ``GENERATION_POLL`` seconds).
+    """
 
     def __init__(
         self,
@@ -54,9 +68,16 @@ class CertificateKeeper(Service):
         hostname: str,
         crypto: WorkerPool,
         clock: IReactorTime,
+        *,
+        refresh: Refresh | None = None,
+        generation: Callable[[], Deferred[int]] | None = None,
     ) -> None:
         self._authority = authority
-        self._load = load
+        self._refresh: Refresh = refresh or (lambda now, report, warn: crypto.run(load, now, report, warn))
+        self._generation = generation
+        self._seen: int | None = None
+        self._poll = LoopingCall(self._poll_generation)
+        self._poll.clock = clock
         self._own_tls = own_tls
         self._operator_tls = tuple(operator_tls)
         self._hostname = hostname
@@ -68,11 +89,31 @@ class CertificateKeeper(Service):
     def startService(self) -> None:
         super().startService()
         self._loop.start(CHECK_INTERVAL, now=False)
+        if self._generation is not None:
+            self._poll.start(GENERATION_POLL, now=True)
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._poll):
+            if loop.running:
+                loop.stop()
+
+    def _poll_generation(self) -> Deferred[Any]:
+        assert self._generation is not None
+
+        def compare(generation: int) -> Deferred[None] | None:
+            seen, self._seen = self._seen, generation
+            if seen is not None and generation != seen:
+                log.info("otad's certificates changed in the store (generation {generation}); taking them", generation=generation)
+                return self._scheduled()
+            return None
+
+        # A store that cannot answer now is asked again at the next poll; nothing may reach LoopingCall.
+        return (
+            self._generation()
+            .addCallback(compare)
+            .addErrback(lambda failure: log.warn("could not look for renewed certificates: {reason}", reason=str(failure.value)))
+        )
 
     def _scheduled(self) -> Deferred[None]:
         # LoopingCall stops for good on a failure, so none may reach it.
@@ -85,7 +126,7 @@ class CertificateKeeper(Service):
         now = datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
         renewals: list[str] = []
         warnings: list[str] = []
-        fresh = await self._crypto.run(self._load, now, renewals.append, warnings.append)
+        fresh = await self._refresh(now, renewals.append, warnings.append)
         self._authority.adopt(fresh)
         if self._own_tls is not None:
             self._own_tls.use(fresh.tls.key, [fresh.tls.cert, *fresh.tls.chain])

@@ -32,11 +32,12 @@ from zope.interface import provider
 from otad import __version__, systemd
 from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
+from otad.ca_sharing import synchronise
 from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.files import check_writer, make_directory
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, load_operator_tls
+from otad.renewal import CertificateKeeper, OperatorTLS, Refresh, load_operator_tls
 from otad.revocation import CRLPublisher
 from otad.site import build_site
 from otad.store import Store, StoreThread, is_postgresql, open_database
@@ -176,7 +177,9 @@ class OtadService(MultiService):
         self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue)
         self.auth.setServiceParent(self)
         location, connections = settings.store_location, settings.store_connections
-        threads = connections if is_postgresql(location) else 1
+        # Several instances on one PostgreSQL database share its CA too (otad.ca_sharing).
+        self.shared = is_postgresql(location)
+        threads = connections if self.shared else 1
         self.store = StoreThread(reactor, lambda: open_database(location, connections=connections), threads)
         self.store.setServiceParent(self)
         if settings.json_log is not None:
@@ -229,6 +232,25 @@ class OtadService(MultiService):
 
         return load
 
+    def _refresher(self, create: bool) -> Refresh:
+        """How certs/ is loaded (and created or renewed): on the crypto pool, or, on a shared PostgreSQL store,
+        through the database's copy under its CA lock (otad.ca_sharing), on a store thread."""
+        load = self._authority_loader(create)
+        if not self.shared:
+            return lambda now, report, warn: self.crypto.run(load, now, report, warn)
+        certs_dir = self.settings.certs_dir
+
+        def refresh(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Deferred[Authority]:
+            def shared(store: Store) -> Authority:
+                authority, _, lines = synchronise(store, certs_dir, lambda: load(now, report, warn), now=now.timestamp())
+                for line in lines:
+                    report(line)
+                return authority
+
+            return self.store.call(shared)
+
+        return refresh
+
     async def _start(self) -> None:
         settings = self.settings
         log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
@@ -236,14 +258,18 @@ class OtadService(MultiService):
         now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
         created: list[str] = []
         warnings: list[str] = []
-        authority = await self.crypto.run(self._authority_loader(create=True), now, created.append, warnings.append)
+        if self.shared:
+            # The CA comes from the database: open it first.
+            await self.store.open()
+        authority = await self._refresher(create=True)(now, created.append, warnings.append)
         for line in created:
             log.info("certificates: {line}", line=line)
         for line in warnings:
             log.warn("certificates: {line}", line=line)
         anchors = await self.crypto.run(load_anchors, settings.device_anchors)
         profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
-        await self.store.open()
+        if not self.shared:
+            await self.store.open()
         self.authority = authority
         crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check)
         await crls.check()
@@ -263,7 +289,15 @@ class OtadService(MultiService):
         if authority.publication.base is None:
             authority.publication = Publication(urls[0])
         self.keeper = CertificateKeeper(
-            authority, self._authority_loader(create=False), own_tls, operators, settings.hostname, self.crypto, self._reactor
+            authority,
+            self._authority_loader(create=False),
+            own_tls,
+            operators,
+            settings.hostname,
+            self.crypto,
+            self._reactor,
+            refresh=self._refresher(create=False),
+            generation=(lambda: self.store.call(lambda store: store.ca_generation())) if self.shared else None,
         )
         self.keeper.setServiceParent(self)
         signal.signal(signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reload))

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "otad"
 LAYERS = {
     **dict.fromkeys(("tap", "admin", "site"), 6),
     **dict.fromkeys(("web", "channel"), 5),
-    **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "logins", "revocation", "ocsp"), 4),
+    **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "logins", "revocation", "ocsp", "ca_sharing"), 4),
     **dict.fromkeys(
         ("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store", "crl"), 3
     ),

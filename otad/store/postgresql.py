@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 # pg_advisory_xact_lock keys: "otad" in the high 32 bits, then what the lock guards.
 SCHEMA_LOCK = 0x6F746164_00000001
+LOCKS = {"ca": 0x6F746164_00000002}
 # How long one operation may keep retrying a lost connection before it answers 503.
 RETRY_FOR = 3.0
 
@@ -82,6 +83,9 @@ class PostgreSQLConnection(Connection):
 
     def lock_row(self, table: str, column: str, value: object) -> None:
         self.execute(f"SELECT 1 FROM {table} WHERE {column} = ? FOR UPDATE", (value,))
+
+    def lock(self, name: str) -> None:
+        self.execute("SELECT pg_advisory_xact_lock(?)", (LOCKS[name],))
 
     def schema_version(self) -> int:
         if self.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:

@@ -52,6 +52,10 @@ class SQLiteConnection(Connection):
         # BEGIN IMMEDIATE holds the database's one write lock: no other writer runs until we end.
         pass
 
+    def lock(self, name: str) -> None:
+        # The write lock of BEGIN IMMEDIATE is already the only one.
+        pass
+
     def schema_version(self) -> int:
         exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
         if not exists:

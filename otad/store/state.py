@@ -90,6 +90,11 @@ class Connection(abc.ABC):
         decision read from other rows is made by one transaction at a time."""
 
     @abc.abstractmethod
+    def lock(self, name: str) -> None:
+        """Inside a write transaction, hold the lock ``name`` (``ca``) until it ends, across every otad
+        on this database, so that what it guards is decided by one of them at a time."""
+
+    @abc.abstractmethod
     def schema_version(self) -> int:
         """The newest applied upgrade, 0 for an empty database."""
 
@@ -365,6 +370,9 @@ class Store:
             rows = self._db.execute(f"SELECT {_CERTIFICATE_COLUMNS} FROM certificates WHERE udid = ? ORDER BY issued, serial", (udid,))
         return [CertificateRecord(*row) for row in rows]
 
+    def has_certificates(self) -> bool:
+        return self._db.execute("SELECT 1 FROM certificates LIMIT 1").fetchone() is not None
+
     def revoke(self, serial: str, *, reason: str, now: float) -> bool:
         """Mark a certificate revoked with an RFC 5280 reason name; False if there is no such (unrevoked) certificate."""
         with self.transaction() as db:
@@ -467,6 +475,35 @@ class Store:
         if self._depth:
             self._db.lock_row("certificates", "serial", serial)
         return int(self._db.execute("SELECT COUNT(*) FROM deliveries WHERE serial = ?", (serial,)).fetchone()[0])
+
+    # -- otad's own keys and certificates, shared by instances -------------------------------
+
+    def lock_ca(self) -> None:
+        """Inside a write transaction: be the only otad creating, renewing or copying the CA files until it ends."""
+        if not self._depth:
+            raise RuntimeError("lock_ca needs a transaction")
+        self._db.lock("ca")
+
+    def ca_files(self) -> dict[str, bytes]:
+        """The stored files of certs/, by name (empty until an instance has written them)."""
+        return {name: bytes(content) for name, content in self._db.execute("SELECT name, content FROM ca_files ORDER BY name")}
+
+    def ca_generation(self) -> int:
+        """Changes whenever any stored file does: instances compare it to notice a renewal made elsewhere."""
+        return int(self._db.execute("SELECT COALESCE(MAX(generation), 0) FROM ca_files").fetchone()[0])
+
+    def put_ca_files(self, files: Mapping[str, bytes], *, now: float) -> int:
+        """Store new or changed files as the next generation; returns it. Call it under ``lock_ca``."""
+        with self.transaction() as db:
+            generation = self.ca_generation() + 1
+            for name, content in sorted(files.items()):
+                db.execute(
+                    "INSERT INTO ca_files (name, content, generation, updated) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET content = excluded.content, generation = excluded.generation, "
+                    "updated = excluded.updated",
+                    (name, content, generation, now),
+                )
+        return generation
 
     # -- events ------------------------------------------------------------------------------
 
