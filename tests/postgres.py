@@ -42,7 +42,10 @@ def _binaries() -> Path:
 class Cluster:
     """One initdb'd cluster; ``stop`` and ``start`` let a test take the server away and bring it back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """``fsync``: off for the tests (durability against power loss is not what they check; a fast shutdown,
+        as in the outage tests, still writes everything), on for benches that measure commits."""
+        self.fsync = fsync
         self.bin = _binaries()
         self.directory = Path(tempfile.mkdtemp(prefix="otad-pg-"))
         self.data = self.directory / "data"
@@ -79,10 +82,8 @@ class Cluster:
                 str(self.directory),
                 "-c",
                 "listen_addresses=",
-                # A test server: durability against power loss is not what the tests check (a fast
-                # shutdown, as in the outage tests, still writes everything).
                 "-c",
-                "fsync=off",
+                f"fsync={'on' if self.fsync else 'off'}",
                 "-c",
                 "shared_buffers=16MB",
                 "-c",
