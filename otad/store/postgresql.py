@@ -45,7 +45,11 @@ def describe(url: str) -> str:
     user = f"{parts['user']}@" if parts.get("user") else ""
     host = str(parts.get("host") or "")
     port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
+    database = parts.get("dbname") or ""
+    if host.startswith("/"):
+        # A Unix socket's directory, as libpq's URLs write it.
+        return f"postgresql://{user}{port}/{database}?host={host}"
+    return f"postgresql://{user}{host}{port}/{database}"
 
 
 def conninfo(url: str) -> str:
@@ -86,6 +90,11 @@ class PostgreSQLConnection(Connection):
 
     def lock(self, name: str) -> None:
         self.execute("SELECT pg_advisory_xact_lock(?)", (LOCKS[name],))
+
+    def sequence_after(self, table: str, column: str) -> None:
+        self.execute(
+            f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)", (table, column)
+        )
 
     def schema_version(self) -> int:
         if self.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:

@@ -94,6 +94,11 @@ class Connection(abc.ABC):
         """Inside a write transaction, hold the lock ``name`` (``ca``) until it ends, across every otad
         on this database, so that what it guards is decided by one of them at a time."""
 
+    def sequence_after(self, table: str, column: str) -> None:
+        """After rows were copied in with their ids: make the ids the database generates continue after them
+        (SQLite's rowids always do)."""
+        return None
+
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The newest applied upgrade, 0 for an empty database."""
