@@ -3,12 +3,15 @@
 One cluster per test process (``cluster()``), started on first use and stopped when the process
 exits; each test gets a database of its own (``new_database``). The server listens on a Unix
 socket in its directory only, runs as ``nobody`` when the tests run as root (PostgreSQL refuses
-root), and dies with the test process even if that is killed (setpriv's parent-death signal).
+root), and dies with the test process even if that is killed (setpriv's parent-death signal, which
+follows the thread that started the server: one thread of the cluster's own starts it every time,
+since a pool thread that ends, as trial ends the reactor's after each test, would take it along).
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import functools
 import itertools
 import os
@@ -60,6 +63,7 @@ class Cluster:
             cwd=self.directory,
         )
         self.process: subprocess.Popen[bytes] | None = None
+        self._parent = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="otad-test-postgres")
         self.start()
         atexit.register(self.destroy)
 
@@ -70,7 +74,8 @@ class Cluster:
         """Start the server (again) and wait until it accepts connections."""
         assert self.process is None
         log = open(self.directory / "server.log", "ab")
-        self.process = subprocess.Popen(
+        spawning = self._parent.submit(
+            subprocess.Popen,
             [
                 *self._as_owner,
                 # The server goes when the test process goes, however it ends (immediate shutdown).
@@ -93,6 +98,7 @@ class Cluster:
             stderr=log,
             cwd=self.directory,
         )
+        self.process = spawning.result()
         log.close()
         deadline = time.monotonic() + 30
         while True:
