@@ -47,7 +47,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
-from bench.measure import cpu_seconds, percentile, process_status, thread_cpu_seconds  # noqa: E402
+from bench.measure import openssl_speed, percentile, process_status, tree_rss_kilobytes, tree_thread_cpu_seconds  # noqa: E402
 from otad import users  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.fakeapple import FakeAppleHierarchy  # noqa: E402
@@ -57,13 +57,6 @@ STEPS = ("enroll", "phase2", "identity", "phase3", "total")
 
 
 # ------------------------------------------------------------------ measurements
-
-
-def megabytes(status_value: str) -> float:
-    """'85432 kB' -> 83.4 (MiB)."""
-    number, _, unit = status_value.partition(" ")
-    assert unit == "kB", status_value
-    return int(number) / 1024
 
 
 def own_cpu_seconds() -> float:
@@ -215,6 +208,135 @@ async def enroll_one(device: FakeDevice, user: str, password: str, identity: str
     return outcome
 
 
+# ------------------------------------------------------------------ staged: server CPU per step
+
+
+async def bounded(concurrency: int, jobs: list[Any]) -> list[Any]:
+    """Run coroutine factories with at most ``concurrency`` at once; returns their results in order."""
+    results: list[Any] = [None] * len(jobs)
+    queue = iter(enumerate(jobs))
+
+    async def worker() -> None:
+        for index, job in queue:
+            results[index] = await job()
+
+    await gatherResults([ensureDeferred(worker()) for _ in range(min(concurrency, len(jobs)))], consumeErrors=True)
+    return results
+
+
+@dataclass
+class StageCost:
+    name: str
+    requests: int
+    reactor: float
+    other: float
+
+    @property
+    def total(self) -> float:
+        return self.reactor + self.other
+
+
+async def run_staged(devices: list[FakeDevice], concurrency: int, user: str, password: str, pid: int, daemon: Daemon | None) -> int:
+    """Every device does phase 1, then every device phase 2, and so on, so that each step's server CPU is measured alone.
+
+    Before the steps, each device makes as many bare requests (GET /) as it will make in the
+    flow, on the same kind of connections, which prices TLS and HTTP framing per request. Log
+    lines are counted in the daemon's output, and one line's cost is measured by formatting
+    the same events through Twisted's text observer here.
+    """
+    count = len(devices)
+    costs: list[StageCost] = []
+    state: dict[str, Any] = {}
+
+    async def stage(name: str, requests_each: int, job: Any) -> None:
+        before = tree_thread_cpu_seconds(pid)
+        results = await bounded(concurrency, [lambda device=device: job(device) for device in devices])
+        after = tree_thread_cpu_seconds(pid)
+        for device, result in zip(devices, results, strict=True):
+            state.setdefault(device.udid, {})[name] = result
+        costs.append(StageCost(name, requests_each, (after[0] - before[0]) / count, (after[1] - before[1]) / count))
+
+    async def bare(device: FakeDevice) -> None:
+        for _ in range(REQUESTS_PER_ENROLLMENT):
+            response = await device.request(b"GET", "/")
+            if response.code != 200:
+                raise RuntimeError(f"GET / answered {response.code}")
+
+    async def phase1(device: FakeDevice) -> Any:
+        return await device.enroll(user, password)
+
+    async def phase2(device: FakeDevice) -> Any:
+        return await device.phase2(state[device.udid]["enroll"]["PayloadContent"]["Challenge"])
+
+    async def scep(device: FakeDevice) -> Any:
+        return await device.scep_enroll(state[device.udid]["phase2"]["PayloadContent"][0])
+
+    async def phase3(device: FakeDevice) -> Any:
+        return await device.phase3()
+
+    log_start = len(daemon.output) if daemon is not None else 0
+    await stage("bare GET /", REQUESTS_PER_ENROLLMENT, bare)
+    log_flow = len(daemon.output) if daemon is not None else 0
+    await stage("enroll", 2, phase1)
+    await stage("phase2", 1, phase2)
+    await stage("scep", 3, scep)
+    await stage("phase3", 1, phase3)
+    for device in devices:
+        await device.close()
+    lines = daemon.output[log_flow:].count(b"\n") / count if daemon is not None else 0.0
+    bare_lines = daemon.output[log_start:log_flow].count(b"\n") / count if daemon is not None else 0.0
+    line_ms = log_line_cost() * 1000
+    per_request = costs[0].total / REQUESTS_PER_ENROLLMENT
+    floor = openssl_speed("rsa2048", "rsa3072", "ecdhx25519", "ecdsap256")
+    tls_key = "ecdsanistp256" if b"ecdsa" in (daemon.output if daemon is not None else b"") else "rsa2048"
+
+    print(f"server CPU per enrollment, step by step ({count} devices, {concurrency} at a time; ms)")
+    print(f"{'step':<12} {'requests':>8} {'reactor':>8} {'other':>8} {'total':>8}  {'of which requests':>18}")
+    flow = costs[1:]
+    for cost in costs:
+        share = f"{cost.requests * per_request * 1000:18.1f}" if cost is not costs[0] else ""
+        print(f"{cost.name:<12} {cost.requests:8d} {cost.reactor * 1000:8.1f} {cost.other * 1000:8.1f} {cost.total * 1000:8.1f}  {share}")
+    total = sum(cost.total for cost in flow)
+    reactor_ms, other_ms = sum(c.reactor for c in flow) * 1000, sum(c.other for c in flow) * 1000
+    requests_ms = REQUESTS_PER_ENROLLMENT * per_request * 1000
+    print(f"{'enrollment':<12} {REQUESTS_PER_ENROLLMENT:8d} {reactor_ms:8.1f} {other_ms:8.1f} {total * 1000:8.1f}  {requests_ms:18.1f}")
+    print(
+        f"a request with nothing behind it (TLS and HTTP framing, request log): {per_request * 1000:.2f} ms; "
+        f"log lines per enrollment {lines:.1f} (per bare request {bare_lines / REQUESTS_PER_ENROLLMENT:.1f}), "
+        f"{line_ms:.3f} ms each here: {lines * line_ms:.1f} ms per enrollment"
+    )
+    handshakes = REQUESTS_PER_ENROLLMENT if not devices[0].persistent else 1
+    crypto_floor = handshakes * (floor[tls_key] + floor["ecdhx25519"]) + 5 * floor["rsa2048"] + floor["rsa3072"]
+    print(
+        f"crypto floor from openssl speed on this machine: {handshakes} TLS handshakes ({tls_key} {floor[tls_key]:.3f} ms + "
+        f"X25519 {floor['ecdhx25519']:.3f} ms), 5 RSA-2048 private operations ({floor['rsa2048']:.3f} ms), one RSA-3072 CA "
+        f"signature ({floor['rsa3072']:.3f} ms) = {crypto_floor:.1f} ms; otad spends {total * 1000 / crypto_floor:.1f}x that"
+    )
+    print(f"STAGED server CPU {total * 1000:.1f} ms per enrollment")
+    return 0
+
+
+# Phase 1 twice (401, then with credentials), phase 2, GetCACaps + GetCACert + PKIOperation, phase 3.
+REQUESTS_PER_ENROLLMENT = 7
+
+
+def log_line_cost(samples: int = 5000) -> float:
+    """Seconds to format and write one request log event through Twisted's text observer (to /dev/null)."""
+    from twisted.logger import Logger, LogPublisher, textFileLogObserver
+
+    publisher = LogPublisher()
+    with open(os.devnull, "w") as sink:
+        publisher.addObserver(textFileLogObserver(sink))
+        logger = Logger(namespace="otad.web", observer=publisher)
+        started = time.process_time()
+        for _ in range(samples):
+            logger.info(
+                "{method} {path} {code} {outcome} user={user} {ms}ms",
+                method="POST", path="/scep", code=200, outcome="ok", user=None, ms=1.2, client="127.0.0.1",
+            )  # fmt: skip
+        return (time.process_time() - started) / samples
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -343,12 +465,16 @@ async def run(arguments: argparse.Namespace) -> int:
         if warm_failed:
             print(f"warm-up enrollment failed at {warm_failed[0].failed_step}: {warm_failed[0].error}")
             return 1
+        if arguments.staged:
+            if pid is None or identity != "scep":
+                raise RuntimeError("--staged needs the server's pid (own daemon or --pid) and --identity scep")
+            return await run_staged(timed, arguments.concurrency, arguments.user, password, pid, daemon)
 
         # ---- the timed run
         status_before = process_status(pid) if pid else None
-        server_cpu_before = cpu_seconds(pid) if pid else 0.0
         client_cpu_before = own_cpu_seconds()
-        threads_before = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
+        threads_before = tree_thread_cpu_seconds(pid) if pid else (0.0, 0.0)
+        rss_before = tree_rss_kilobytes(pid) if pid else 0
         load_before = os.getloadavg()[0]
         profiler = None
         if arguments.profile and pid:
@@ -365,14 +491,15 @@ async def run(arguments: argparse.Namespace) -> int:
         outcomes, elapsed, timed_out = await run_all(timed, arguments.concurrency, arguments.user, password, identity, arguments.timeout)
         lag.stop()
         await probe.stop()
-        threads_after = thread_cpu_seconds(pid) if pid else (0.0, 0.0)
+        threads_after = tree_thread_cpu_seconds(pid) if pid else (0.0, 0.0)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=30)
             print(f"py-spy profile of the server's timed run: {arguments.profile} (collapsed stacks; bench/profile.py summarises)")
         client_cpu = own_cpu_seconds() - client_cpu_before
-        server_cpu = cpu_seconds(pid) - server_cpu_before if pid else None
+        server_cpu = sum(threads_after) - sum(threads_before) if pid else None
         status = process_status(pid) if pid else None
+        rss_after = tree_rss_kilobytes(pid) if pid else 0
 
         # ---- report
         succeeded = [o for o in outcomes if o.error is None]
@@ -400,7 +527,7 @@ async def run(arguments: argparse.Namespace) -> int:
                 f"({client_cpu / elapsed * 100:.0f}% of one core)"
             )
             print(
-                f"server CPU by thread: main (reactor) {threads_after[0] - threads_before[0]:.2f} s, "
+                f"server CPU by thread: reactor threads {threads_after[0] - threads_before[0]:.2f} s, "
                 f"other threads (crypto pool, store) {threads_after[1] - threads_before[1]:.2f} s"
             )
         else:
@@ -423,7 +550,7 @@ async def run(arguments: argparse.Namespace) -> int:
         if status is not None and status_before is not None:
             print(
                 f"server VmRSS {status['VmRSS']} (before the timed run {status_before['VmRSS']}), "
-                f"VmHWM {status['VmHWM']}, threads {status['Threads']}"
+                f"VmHWM {status['VmHWM']}, threads {status['Threads']}; with its workers {rss_after} kB (before {rss_before} kB)"
             )
         if failed:
             first = failed[0]
@@ -438,8 +565,10 @@ async def run(arguments: argparse.Namespace) -> int:
         summary = f"N={arguments.requests} C={arguments.concurrency} identity={identity}: {rate:.1f} enrollments/s"
         if totals:
             summary += f"; total p50 {statistics.median(totals):.0f} ms p99 {percentile(totals, 0.99):.0f} ms"
-        if status is not None:
-            summary += f"; server RSS {megabytes(status['VmRSS']):.0f} MB (peak {megabytes(status['VmHWM']):.0f} MB)"
+        if pid:
+            summary += f"; server RSS {rss_after / 1024:.0f} MB (before {rss_before / 1024:.0f} MB)"
+            if server_cpu is not None and succeeded:
+                summary += f"; server CPU {server_cpu / len(succeeded) * 1000:.1f} ms per enrollment"
         if failed:
             summary += f"; {len(failed)} FAILED"
         print(summary)
@@ -478,6 +607,9 @@ def main() -> None:
     )
     parser.add_argument("--profile", metavar="FILE", help="record a py-spy profile (--threads, raw) of the server during the timed run")
     parser.add_argument("--fresh-connections", action="store_true", help="a new TCP+TLS connection for every request (no keep-alive)")
+    parser.add_argument(
+        "--staged", action="store_true", help="server CPU per step: all devices do each step in turn (and bare requests first)"
+    )
     parser.add_argument(
         "--set",
         type=setting,

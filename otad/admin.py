@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from otad import __version__, cms, crl, payloads, tokens, users
 from otad import config as configuration
+from otad.backup import BackupError, create_backup, restore_backup
 from otad.ca import OWN_FILES, serial_hex
 from otad.files import OwnershipError, check_writer
 from otad.store import CHALLENGE_KINDS, CertificateRecord, Challenge, Store, StoreError, is_postgresql
@@ -51,6 +52,17 @@ def _settings(args: argparse.Namespace) -> configuration.Config:
         getattr(args, "config", None),
         {"data_dir": getattr(args, "data_dir", None), "htpasswd": getattr(args, "htpasswd", None)},
     )
+
+
+def _users_file(args: argparse.Namespace) -> configuration.Config:
+    """The settings, for a ``user`` command: refused when the users live in an LDAP directory, not in the file."""
+    settings = _settings(args)
+    if settings.auth_backend == "ldap":
+        raise AdminError(
+            f"users live in the directory {settings.ldap_url} ([auth] backend = ldap): add, remove and list them there; "
+            "otad-admin user manages only the htpasswd file"
+        )
+    return settings
 
 
 def _writable(directory: Path) -> None:
@@ -84,11 +96,11 @@ def _forget_first_password(settings: configuration.Config, name: bytes) -> None:
 
 
 def user_add(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _users_file(args)
     _writable(settings.htpasswd.parent)
     name = args.name.encode("utf-8")
     try:
-        users.set_password(settings.htpasswd, name, _read_password(args))
+        users.set_password(settings.htpasswd, name, _read_password(args), settings.bcrypt_rounds)
     except users.UsersFileError as error:
         raise AdminError(str(error)) from None
     _forget_first_password(settings, name)
@@ -97,7 +109,7 @@ def user_add(args: argparse.Namespace) -> int:
 
 
 def user_remove(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _users_file(args)
     _writable(settings.htpasswd.parent)
     name = args.name.encode("utf-8")
     if not users.remove_user(settings.htpasswd, name):
@@ -108,7 +120,7 @@ def user_remove(args: argparse.Namespace) -> int:
 
 
 def user_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _users_file(args)
     try:
         names = sorted(users.parse(settings.htpasswd.read_bytes()))
     except FileNotFoundError:
@@ -480,6 +492,42 @@ def devices(args: argparse.Namespace) -> int:
     return _print_rows(args, rows, "{udid}  {user}  {product}  {last_seen}", "no devices have enrolled yet")
 
 
+# -- backup and restore ----------------------------------------------------------------------
+
+
+def backup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    target = Path(args.file)
+    if settings.store_url:
+        raise AdminError(
+            "the store is PostgreSQL ([store] url): back it up with pg_dump (README, 'Backups'); backup copies a SQLite data directory"
+        )
+    with _open_store(args) as store:
+        try:
+            summary = create_backup(settings, store, target)
+        except BackupError as error:
+            raise AdminError(str(error)) from None
+        except OSError as error:
+            raise AdminError(f"cannot write the backup {target}: {error.strerror or error}") from None
+    for note in summary.notes:
+        print(f"otad-admin: {note}", file=sys.stderr)
+    keys = sum(1 for name in summary.members if name.endswith(".key"))
+    print(f"backed up {settings.data_dir} to {target} (mode 0600; {len(summary.members)} entries, {keys} private keys)")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir_target)
+    try:
+        summary = restore_backup(Path(args.file), data_dir)
+    except BackupError as error:
+        raise AdminError(str(error)) from None
+    except OSError as error:
+        raise AdminError(f"cannot restore into {data_dir}: {error.strerror or error}") from None
+    print(f"restored {len(summary.members)} entries into {data_dir.absolute()}; start otad with --data-dir {data_dir.absolute()}")
+    return 0
+
+
 # -- profiles --------------------------------------------------------------------------------
 
 
@@ -596,6 +644,16 @@ def _parser() -> argparse.ArgumentParser:
     device_listing = commands.add_parser("devices", parents=[common], help="the devices that enrolled, newest first")
     device_listing.add_argument("--json", action="store_true")
     device_listing.set_defaults(run=devices)
+
+    backing_up = commands.add_parser(
+        "backup", parents=[common], help="a consistent copy of the data directory while the daemon runs, as a tar archive (mode 0600)"
+    )
+    backing_up.add_argument("file", help="the archive to write (gzip-compressed if it ends in .gz or .tgz); replaced atomically")
+    backing_up.set_defaults(run=backup)
+    restoring = commands.add_parser("restore", help="unpack a backup into a new or empty data directory")
+    restoring.add_argument("file", help="an archive made by otad-admin backup")
+    restoring.add_argument("data_dir_target", metavar="DATA_DIR", help="the new data directory (must not exist, or be empty)")
+    restoring.set_defaults(run=restore)
 
     profile = commands.add_parser(
         "lint", parents=[common], help=f"check a .mobileconfig (plist or CMS-signed); exit {LINT_ERRORS} on errors"

@@ -405,6 +405,7 @@ def bootstrap(
     create: bool = True,
     publication: Publication = Publication(),
     tls_key_type: str = "rsa",
+    renew: bool = True,
 ) -> Authority:
     """Load otad's identities from ``certs_dir``, creating whatever has never existed, then ``maintain`` them.
 
@@ -414,7 +415,8 @@ def bootstrap(
     ``report`` receives one line per thing created or renewed, ``warn`` one per certificate
     that will soon be invalid. With ``create`` false (a check while otad runs) a missing file
     is an error: nothing is created behind the running daemon's back. ``publication`` goes
-    into the certificates made now.
+    into the certificates made now. With ``renew`` false (a worker process re-reading what its
+    supervisor keeps current) nothing is renewed: one process renews, the others follow.
     """
     make_directory(certs_dir)
     ca_key_path, ca_cert_path = certs_dir / "ca.key", certs_dir / "ca.pem"
@@ -440,6 +442,8 @@ def bootstrap(
     names = _Names(hostname, organization, publication, tls_key_type)
     leaves = {_FIELDS[leaf.name]: _load_leaf(certs_dir, leaf, root, names, now, report) for leaf in _LEAVES}
     authority = Authority(root=root, certs_dir=certs_dir, publication=publication, **leaves)
+    if not renew:
+        return authority
     return maintain(
         authority, hostname=hostname, organization=organization, now=now, report=report, warn=warn or report, tls_key_type=tls_key_type
     )

@@ -7,17 +7,22 @@ byte of it is read (and no ``100 Continue``), and time limits a slow client cann
 request head (with a new connection's TLS handshake) within ``head_timeout``, the body at
 ``body_rate`` or faster with no pause longer than ``body_idle``, and ``idle_timeout`` between
 kept-alive requests. Connections beyond
-``max_connections`` in total or ``max_connections_per_address`` from one address get 503.
+``max_connections`` in total or ``max_connections_per_address`` from one address (a trusted
+proxy excepted) get 503.
+A stopping daemon drains (``OpenChannels.drain``): idle connections close at once, the others
+after the answer they are working on.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,8 +65,10 @@ class Limits:
 class ConnectionCounter:
     """Open connections, in total and per client address, for one site."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, exempt: Callable[[str], bool] = lambda address: False) -> None:
+        """``exempt`` names the addresses the per-address cap does not apply to (trusted proxies)."""
         self._limits = limits
+        self._exempt = exempt
         self._per_address: Counter[str] = Counter()
         self.total = 0
 
@@ -69,7 +76,7 @@ class ConnectionCounter:
         """Count a new connection from ``address``, or say why it is refused (then it is not counted)."""
         if self.total >= self._limits.max_connections:
             return "too many connections to this server; try again shortly"
-        if self._per_address[address] >= self._limits.max_connections_per_address:
+        if self._per_address[address] >= self._limits.max_connections_per_address and not self._exempt(address):
             return "too many connections from your address; try again shortly"
         self.total += 1
         self._per_address[address] += 1
@@ -80,6 +87,56 @@ class ConnectionCounter:
         self._per_address[address] -= 1
         if not self._per_address[address]:
             del self._per_address[address]
+
+
+class OpenChannels:
+    """A site's open connections, so that a stopping daemon can let their requests finish."""
+
+    def __init__(self) -> None:
+        self._channels: set[OtadChannel] = set()
+        self._emptied: list[Deferred[int]] = []
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def add(self, channel: OtadChannel) -> None:
+        self._channels.add(channel)
+
+    def discard(self, channel: OtadChannel) -> None:
+        self._channels.discard(channel)
+        if self.draining and not self._channels:
+            waiting, self._emptied = self._emptied, []
+            for emptied in waiting:
+                emptied.callback(0)
+
+    def drain(self, clock: IReactorTime, timeout: float) -> Deferred[int]:
+        """Close idle connections now and the rest after their answers; fires with how many were cut off at ``timeout``."""
+        self.draining = True
+        for channel in list(self._channels):
+            channel.close_when_answered()
+        if not self._channels:
+            return succeed(0)
+        emptied: Deferred[int] = Deferred()
+        self._emptied.append(emptied)
+
+        def give_up() -> None:
+            if emptied.called:
+                return
+            self._emptied.remove(emptied)
+            remaining = list(self._channels)
+            for channel in remaining:
+                channel.abort()
+            emptied.callback(len(remaining))
+
+        timer = clock.callLater(timeout, give_up)
+
+        def stop_timer(result: int) -> int:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return emptied.addCallback(stop_timer)
 
 
 def _peer_address(transport: Any) -> str:
@@ -104,6 +161,9 @@ class OtadChannel(http.HTTPChannel):
         # Between requests (waiting for a first byte), reading a head, reading a body, or answering.
         self._phase = "idle"
         self._heads = 0
+        # Whether bytes of a request not yet answered have arrived (a draining daemon waits for those).
+        self._received = False
+        self.draining = False
 
     @property
     def limits(self) -> Limits:
@@ -119,6 +179,7 @@ class OtadChannel(http.HTTPChannel):
             self._refuse_and_close(b"503 Service Unavailable", refusal.encode(), b"Retry-After: 5\r\n")
             return
         self._counted = address
+        self.site.open_channels.add(self)  # type: ignore[attr-defined]
         # A new connection's first request head, TLS handshake included, is due within head_timeout.
         self._phase = "head"
         self._wait(self.limits.head_timeout, self._too_slow)
@@ -130,7 +191,23 @@ class OtadChannel(http.HTTPChannel):
         if self._counted is not None:
             self.site.connections.release(self._counted)  # type: ignore[attr-defined]
             self._counted = None
+        self.site.open_channels.discard(self)  # type: ignore[attr-defined]
         super().connectionLost(reason)
+
+    def close_when_answered(self) -> None:
+        """Close now if no request is under way, else once it is answered (with ``Connection: close``)."""
+        self.draining = True
+        self.persistent = False
+        if not self._received and self._phase in ("idle", "head"):
+            self._cancel()
+            self._closing = True
+            self.loseConnection()
+
+    def abort(self) -> None:
+        """Cut the connection: a drain that waited long enough."""
+        self._closing = True
+        self._cancel()
+        self._abort_connection()
 
     def _wait(self, seconds: float, expired: Any) -> None:
         self._cancel()
@@ -157,6 +234,7 @@ class OtadChannel(http.HTTPChannel):
         # After a refusal the connection is closing: whatever else arrives is not parsed.
         if self._closing:
             return
+        self._received = self._received or bool(data)
         if self._phase == "idle" and data:
             self._start_head()
         elif self._phase == "body" and self._body_pause is not None and self._body_pause.active():
@@ -207,6 +285,15 @@ class OtadChannel(http.HTTPChannel):
     def requestDone(self, request: http.Request) -> None:
         heads = self._heads
         super().requestDone(request)
+        # Unless a pipelined request has already begun, nothing unanswered has arrived.
+        self._received = heads != self._heads
+        if self.draining and not self._received:
+            self._closing = True
+            self._cancel()
+            # HTTPChannel has closed it already unless the request asked for keep-alive after the drain began.
+            if not getattr(self.transport, "disconnecting", False):
+                self.loseConnection()
+            return
         # Unless a pipelined request has already begun, wait for the next one.
         if heads == self._heads and self.persistent and not self._closing and self._phase == "answering":
             self._phase = "idle"

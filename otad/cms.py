@@ -248,14 +248,29 @@ def _hash(digest: str) -> hashes.HashAlgorithm:
         raise CMSError(f"unsupported digest: {digest}") from None
 
 
+def _tlv(tag: int, contents: bytes) -> bytes:
+    """One DER element: the tag, the definite length, the contents."""
+    size = len(contents)
+    if size < 0x80:
+        return bytes((tag, size)) + contents
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + contents
+
+
+_SEQUENCE, _SET, _OCTET_STRING, _CONTEXT_0 = 0x30, 0x31, 0x04, 0xA0
+
+
 def _attribute_set(attributes: Sequence[tuple[str, bytes]]) -> bytes:
+    """The DER SET OF Attribute, each with its single value; sorted by encoding, as DER wants
+    (OpenSSL re-encodes before verifying, so an unsorted set would not verify there)."""
     oids = [oid for oid, _ in attributes]
     if len(set(oids)) != len(oids):
         raise CMSError("duplicate signed attribute")
     with _malformed("signed attribute value is not DER"):
-        # asn1crypto sorts a SET OF by encoding, as DER wants: OpenSSL re-encodes before
-        # verifying, so an unsorted set would not verify there.
-        return bytes(RawAttributes([{"type": oid, "values": [core.Any.load(value, strict=True)]} for oid, value in attributes]).dump())
+        for _, value in attributes:
+            core.Any.load(value, strict=True)
+    encoded = sorted(_tlv(_SEQUENCE, core.ObjectIdentifier(oid).dump() + _tlv(_SET, value)) for oid, value in attributes)
+    return _tlv(_SET, b"".join(encoded))
 
 
 def _read_attributes(attribute_set: bytes) -> dict[str, tuple[bytes, ...]]:
@@ -296,10 +311,6 @@ def _unique(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
     return list({_der(cert): cert for cert in certs}.values())
 
 
-def _certificate_set(certs: Sequence[x509.Certificate]) -> list[cms.CertificateChoices]:
-    return [cms.CertificateChoices(name="certificate", value=_asn1_cert(cert)) for cert in _unique(certs)]
-
-
 def sign_profile(content: bytes, cert: x509.Certificate, key: rsa.RSAPrivateKey, chain: Sequence[x509.Certificate] = ()) -> bytes:
     """Sign a profile, embedding it: SHA-256 with contentType, messageDigest and signingTime signed.
 
@@ -322,57 +333,50 @@ def sign(
     digest: str = "sha256",
     *,
     attributes: Sequence[tuple[str, bytes]] = (),
-    signed_attributes: bool = True,
     rsa_encryption_oid: bool = False,
 ) -> bytes:
     """Sign content with key, embedding it, and return the DER ContentInfo(SignedData).
 
     attributes are extra signed attributes as (dotted OID, DER of the single value): SCEP's,
     which ``cryptography``'s builder cannot add, and the reason this signer exists beside
-    ``sign_profile``. Without signed_attributes the signature covers the content itself, as
-    Apple devices sign; rsa_encryption_oid names the signature algorithm rsaEncryption, as
-    SCEP wants.
+    ``sign_profile``. rsa_encryption_oid names the signature algorithm rsaEncryption, as SCEP
+    wants. The SignedData is assembled from DER parts (each leaf encoded by asn1crypto) rather
+    than built as an asn1crypto tree: that tree re-encodes every carried certificate and cost
+    three times the RSA signature on each SCEP reply (bench/README.md).
     """
     if not isinstance(key, rsa.RSAPrivateKey):
         raise CMSError("signer key is not RSA")
     if cert.public_key() != key.public_key():
         raise CMSError("signer key does not match the certificate")
-    if attributes and not signed_attributes:
-        raise CMSError("extra attributes need signed attributes")
     digest_oid, signature_oid = _algorithm(digest, rsa_encryption_oid)
-    hash_ = _hash(digest)
-    signer = _asn1_cert(cert)
-    signer_info = {
-        "version": "v1",
-        "sid": cms.SignerIdentifier(
-            name="issuer_and_serial_number",
-            value=cms.IssuerAndSerialNumber({"issuer": signer.issuer, "serial_number": signer.serial_number}),
-        ),
-        "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest_oid}),
-        "signature_algorithm": algos.SignedDigestAlgorithm({"algorithm": signature_oid, "parameters": core.Null()}),
-    }
-    if signed_attributes:
-        standard = [
-            (_CONTENT_TYPE, core.ObjectIdentifier(_ID_DATA).dump()),
-            (_MESSAGE_DIGEST, core.OctetString(_digest_of(content, digest)).dump()),
-            (_SIGNING_TIME, core.UTCTime(datetime.now(UTC)).dump()),
-        ]
-        attribute_set = _attribute_set(standard + list(attributes))
-        signer_info["signed_attrs"] = cms.CMSAttributes.load(attribute_set)
-        signed = attribute_set
-    else:
-        signed = content
-    signer_info["signature"] = key.sign(signed, padding.PKCS1v15(), hash_)
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest_oid})],
-            "encap_content_info": {"content_type": "data", "content": content},
-            "certificates": _certificate_set([cert, *chain]),
-            "signer_infos": [cms.SignerInfo(signer_info)],
-        }
+    digest_algorithm = algos.DigestAlgorithm({"algorithm": digest_oid}).dump()
+    signature_algorithm = _tlv(_SEQUENCE, core.ObjectIdentifier(signature_oid).dump() + core.Null().dump())
+    standard = [
+        (_CONTENT_TYPE, core.ObjectIdentifier(_ID_DATA).dump()),
+        (_MESSAGE_DIGEST, core.OctetString(_digest_of(content, digest)).dump()),
+        (_SIGNING_TIME, core.UTCTime(datetime.now(UTC)).dump()),
+    ]
+    attribute_set = _attribute_set(standard + list(attributes))
+    signature = key.sign(attribute_set, padding.PKCS1v15(), _hash(digest))
+    issuer_and_serial = _tlv(_SEQUENCE, cert.issuer.public_bytes() + core.Integer(cert.serial_number).dump())
+    signer_info = _tlv(
+        _SEQUENCE,
+        core.Integer(1).dump()
+        + issuer_and_serial
+        + digest_algorithm
+        # signedAttrs is [0] IMPLICIT SET OF: the same contents under the context tag.
+        + bytes((_CONTEXT_0,))
+        + attribute_set[1:]
+        + signature_algorithm
+        + _tlv(_OCTET_STRING, signature),
     )
-    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+    encapsulated = _tlv(_SEQUENCE, core.ObjectIdentifier(_ID_DATA).dump() + _tlv(_CONTEXT_0, _tlv(_OCTET_STRING, content)))
+    certificates = b"".join(_der(carried) for carried in _unique([cert, *chain]))
+    signed_data = _tlv(
+        _SEQUENCE,
+        core.Integer(1).dump() + _tlv(_SET, digest_algorithm) + encapsulated + _tlv(_CONTEXT_0, certificates) + _tlv(_SET, signer_info),
+    )
+    return _tlv(_SEQUENCE, core.ObjectIdentifier(_ID_SIGNED_DATA).dump() + _tlv(_CONTEXT_0, signed_data))
 
 
 def _digest_of(content: bytes, digest: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 import socket
 import string
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from ldaptor.ldapfilter import InvalidLDAPFilter, parseFilter
+from ldaptor.protocols.ldap.distinguishedname import DistinguishedName, InvalidRelativeDistinguishedName
 
 from otad import listeners
 from otad.listeners import Listener
@@ -82,6 +86,16 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return check
+
+
+def _workers(text: str) -> int:
+    """A number of worker processes, or ``auto`` for one per core."""
+    if text.strip() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise ValueError("must be auto or between 1 and 64")
+    return value
 
 
 def _boolean(text: str) -> bool:
@@ -182,6 +196,21 @@ def _data_dir(text: str) -> Path:
     return Path(text.strip() or ".").expanduser().absolute()
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    """Addresses or CIDR networks, IPv4 and IPv6, separated by spaces or commas; an address is a network of one."""
+    networks = []
+    for word in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(word, strict=True))
+        except ValueError as error:
+            reason = "it has host bits set" if "host bits" in str(error) else "it is not an IP address or network"
+            raise ValueError(f"{word!r}: {reason} (write addresses like 127.0.0.1 or ::1, networks like 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
 def _optional_duration(text: str) -> int:
     return parse_duration(text) if text.strip() else 0
 
@@ -200,6 +229,65 @@ def _store_url(text: str) -> str:
 
 def _tls_ciphers(text: str) -> str:
     return check_ciphers(text.strip())
+
+
+def _ldap_url(text: str) -> str:
+    """``ldap://host[:port]`` or ``ldaps://host[:port]``, or empty; nothing after the host but an optional ``/``."""
+    url = text.strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    try:
+        _ = parts.port  # urllib checks the port only when asked
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError(f"must be ldap://HOST[:PORT] or ldaps://HOST[:PORT], not {text!r}")
+    return url.rstrip("/")
+
+
+def _user_template(check: Callable[[str], object]) -> Callable[[str], str]:
+    """A template with ``{user}`` where the escaped user name goes, and no other ``{...}``; ``check`` parses a sample."""
+
+    def parse(text: str) -> str:
+        value = text.strip()
+        if not value:
+            return ""
+        if "{user}" not in value:
+            raise ValueError("must contain {user}, where the user name goes")
+        try:
+            sample = value.format(user="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("has a '{' or '}' other than {user} (write {{ or }} for a brace)") from None
+        check(sample)
+        return value
+
+    return parse
+
+
+def _dn(text: str) -> str:
+    """A distinguished name (RFC 4514), or empty."""
+    value = text.strip()
+    if not value:
+        return ""
+    try:
+        name = DistinguishedName(stringValue=value)
+    except (InvalidRelativeDistinguishedName, IndexError, ValueError):
+        name = None
+    # ldaptor's parser lets empty RDNs and attribute types through; a directory would not.
+    pairs = [rdn.attributeTypesAndValues for rdn in name.listOfRDNs] if name is not None else []
+    if not pairs or not all(rdn and all(pair.attributeType for pair in rdn) for rdn in pairs):
+        raise ValueError(f"not a distinguished name like ou=people,dc=example,dc=org: {text!r}")
+    return value
+
+
+def _ldap_filter(text: str) -> str:
+    """An LDAP search filter (RFC 4515)."""
+    try:
+        parseFilter(text)
+    except InvalidLDAPFilter:
+        raise ValueError(f"not an LDAP filter like (uid={{user}}): {text!r}") from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -235,8 +323,12 @@ class Config:
     max_body: int = _setting("server", "max_body", _int_range(1024, 16 * 1024 * 1024), "65536")
     json_log: Path | None = _setting("server", "json_log", _path, "")
     first_password: str = _setting("server", "first_password", _choice("auto", "log", "file"), "auto")
+    trusted_proxies: tuple[Network, ...] = _setting("server", "trusted_proxies", _networks, "")
+    proxy_headers: str = _setting("server", "proxy_headers", _choice("x-forwarded", "forwarded"), "x-forwarded")
     crypto_threads: int = _setting("server", "crypto_threads", _int_range(1, 64), "2")
     auth_threads: int = _setting("server", "auth_threads", _int_range(1, 64), "2")
+    workers: int = _setting("server", "workers", _workers, "1")
+    drain_timeout: int = _setting("server", "drain_timeout", parse_duration, "10s")
     head_timeout: int = _setting("limits", "head_timeout", parse_duration, "4s")
     idle_timeout: int = _setting("limits", "idle_timeout", parse_duration, "30s")
     body_rate: int = _setting("limits", "body_rate", _int_range(64, 1 << 30), "2048")
@@ -246,11 +338,30 @@ class Config:
     tls_ciphers: str = _setting("tls", "ciphers", _tls_ciphers, INTERMEDIATE_CIPHERS)
     tls_min_version: str = _setting("tls", "min_version", _choice("TLSv1.2", "TLSv1.3"), "TLSv1.2")
     tls_key_type: str = _setting("tls", "key_type", _choice("rsa", "ecdsa"), "rsa")
+    tls_certificate: Path | None = _setting("tls", "certificate", _path, "")
+    tls_key: Path | None = _setting("tls", "key", _path, "")
+    tls_chain: Path | None = _setting("tls", "chain", _path, "")
     auth_queue: int = _setting("auth", "queue", _int_range(0, 100_000), "16")
+    bcrypt_rounds: int = _setting("auth", "bcrypt_rounds", _int_range(10, 16), "12")
     failures_per_address: int = _setting("auth", "failures_per_address", _int_range(1, 1_000_000), "20")
     failures_per_user: int = _setting("auth", "failures_per_user", _int_range(1, 1_000_000), "5")
     failure_window: int = _setting("auth", "failure_window", parse_duration, "15m")
     allow_plain_http_login: bool = _setting("auth", "allow_plain_http", _boolean, "no")
+    auth_backend: str = _setting("auth", "backend", _choice("htpasswd", "ldap"), "htpasswd")
+    ldap_url: str = _setting("ldap", "url", _ldap_url, "")
+    ldap_starttls: bool = _setting("ldap", "starttls", _boolean, "yes")
+    ldap_allow_plain: bool = _setting("ldap", "allow_plain", _boolean, "no")
+    ldap_ca_file: Path | None = _setting("ldap", "ca_file", _path, "")
+    ldap_bind_dn: str = _setting("ldap", "bind_dn", _user_template(_dn), "")
+    ldap_search_base: str = _setting("ldap", "search_base", _dn, "")
+    ldap_search_filter: str = _setting("ldap", "search_filter", _user_template(_ldap_filter), "(uid={user})")
+    ldap_service_dn: str = _setting("ldap", "service_dn", _dn, "")
+    ldap_service_password_file: Path | None = _setting("ldap", "service_password_file", _path, "")
+    ldap_group: str = _setting("ldap", "group", _dn, "")
+    ldap_group_attribute: str = _setting("ldap", "group_attribute", _choice("member", "uniqueMember"), "member")
+    ldap_connect_timeout: int = _setting("ldap", "connect_timeout", parse_duration, "5s")
+    ldap_timeout: int = _setting("ldap", "timeout", parse_duration, "10s")
+    ldap_connections: int = _setting("ldap", "connections", _int_range(1, 1024), "8")
     realm: str = _setting("enrollment", "realm", _realm, "otad")
     identifier: str = _setting("enrollment", "identifier", _identifier, "com.example.otad")
     display_name: str = _setting("enrollment", "display_name", _nonempty, "Example Inc. Profile Service")
@@ -359,6 +470,18 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+def _check_ldap(values: dict[str, Any]) -> None:
+    """With ``[auth] backend = ldap``, the [ldap] settings must make one complete way of binding."""
+    if not values["ldap_url"]:
+        raise ConfigError("bad value for [ldap] url: [auth] backend = ldap needs the directory's ldaps:// or ldap:// URL")
+    if bool(values["ldap_bind_dn"]) == bool(values["ldap_search_base"]):
+        raise ConfigError("bad value for [ldap] bind_dn: set either bind_dn (a DN template) or search_base (search, then bind), not both")
+    if values["ldap_search_base"] and not (values["ldap_service_dn"] and values["ldap_service_password_file"]):
+        raise ConfigError("bad value for [ldap] service_dn: search_base needs service_dn and service_password_file to search with")
+    if values["ldap_url"].startswith("ldap://") and not values["ldap_starttls"] and not values["ldap_allow_plain"]:
+        raise ConfigError("bad value for [ldap] starttls: no sends passwords to ldap:// in clear text; that needs allow_plain = yes")
+
+
 def load(path: Path | None = None, overrides: Mapping[str, object] | None = None) -> Config:
     """Read the ini file (if any), apply command-line overrides, and validate everything.
 
@@ -389,6 +512,12 @@ def load(path: Path | None = None, overrides: Mapping[str, object] | None = None
         raise ConfigError("bad value for [scep] min_key_size: 1024 needs allow_legacy_1024 = yes")
     if "UDID" not in values["device_attributes"]:
         raise ConfigError("bad value for [enrollment] device_attributes: UDID is required")
+    if values["auth_backend"] == "ldap":
+        _check_ldap(values)
+    if (values["tls_key"] or values["tls_chain"]) and not values["tls_certificate"]:
+        raise ConfigError("bad value for [tls] key and chain: they need [tls] certificate (the certificate file)")
+    if values["tls_certificate"] and not any(listeners.parse(description).tls for description in values["listen"]):
+        raise ConfigError("bad value for [tls] certificate: no ssl: listener would serve it")
     values["htpasswd"] = values["htpasswd"] or values["data_dir"] / "htpasswd"
     values["ca_common_name"] = values["ca_common_name"] or f"{values['organization']} otad Root CA"
     return Config(**values)

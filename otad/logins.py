@@ -27,6 +27,14 @@ from otad.store import Store, StoreThread
 log = Logger()
 
 
+class NotPermitted(UnauthorizedLogin):
+    """The password is right but the user may not enroll (outside the directory group).
+
+    The client gets the same 401 as for a wrong password, so a guesser learns nothing about
+    directory passwords; the event log says which it was.
+    """
+
+
 @dataclass(frozen=True)
 class LoginPolicy:
     failures_per_address: int = 20
@@ -57,16 +65,15 @@ class LoginGuard:
             raise Refused(Kind.THROTTLED, "too many failed logins; try again later", retry_after=math.ceil(wait))
         try:
             await self._checker.requestAvatarId(UsernamePassword(name, password))
-        except UnauthorizedLogin:
+        except UnauthorizedLogin as refused:
             shown = printable(user, 64)
-            log.info("failed login for {user} from {client}", user=shown, client=address, outcome="refused")
+            why = printable(str(refused)) if isinstance(refused, NotPermitted) else "bad password or unknown user"
+            log.info("failed login for {user} from {client}: {reason}", user=shown, client=address, reason=why, outcome="refused")
 
             def count(store: Store) -> None:
                 with store.transaction():
                     store.record_login_failure(address, user, now=now, window=policy.window)
-                    store.record_event(
-                        now=now, kind="login", outcome="refused", user=shown, reason=f"bad password or unknown user from {address}"
-                    )
+                    store.record_event(now=now, kind="login", outcome="refused", user=shown, reason=f"{why} from {address}")
 
             await self._store.call(count)
             raise Refused(Kind.UNAUTHENTICATED, "unknown user or wrong password") from None

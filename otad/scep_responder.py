@@ -24,7 +24,7 @@ from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates
 from otad.pool import WorkerPool
 from otad.revocation import CRLPublisher
-from otad.store import CertificateRecord, ChallengeRefused, DuplicateSerial, HeldRequest, Store, StoreThread
+from otad.store import CertificateRecord, Challenge, ChallengeRefused, DuplicateSerial, HeldRequest, Store, StoreThread
 
 log = Logger()
 
@@ -55,6 +55,52 @@ class _Decision:
     issued: tuple[x509.Certificate, ...] = ()
     fail_info: scep.FailInfo | None = None
     crl: bytes | None = None
+    # The CertRep, when it was signed together with the certificate.
+    reply: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A PKIMessage as read on the crypto pool: opened by one of otad's keys (or by none), with its CSR if it carries one."""
+
+    message: scep.PKIMessage
+    opened: cms.Decrypted | None
+    responder: Identity
+    recipient: str
+    csr: scep.CSRInfo | None = None
+    csr_error: scep.SCEPError | None = None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """How the CertRep to one request is built: signed by ``responder``, enveloped with ``cipher``."""
+
+    request: scep.PKIMessage
+    responder: Identity
+    cipher: str
+
+    def build(self, decision: _Decision) -> bytes:
+        return scep.build_cert_rep(
+            request=self.request,
+            status=decision.status,
+            signer_cert=self.responder.cert,
+            signer_key=self.responder.key,
+            fail_info=decision.fail_info,
+            issued=decision.issued,
+            crl=decision.crl,
+            cipher=self.cipher,
+            digest=_reply_digest(self.request.digest),
+            chain=self.responder.chain,
+        )
+
+
+_OPERATIONS = (
+    scep.MessageType.PKCSReq,
+    scep.MessageType.RenewalReq,
+    scep.MessageType.CertPoll,
+    scep.MessageType.GetCert,
+    scep.MessageType.GetCRL,
+)
 
 
 @dataclass(frozen=True)
@@ -129,75 +175,69 @@ class SCEPResponder:
         return CA_CERT, self._authority.root.cert.public_bytes(serialization.Encoding.DER)
 
     async def pki_operation(self, der: bytes, transport: str) -> bytes:
-        """One PKIOperation: a DER PKIMessage in, a DER CertRep out (Refused if it can't be read at all)."""
+        """One PKIOperation: a DER PKIMessage in, a DER CertRep out (Refused if it can't be read at all).
+
+        The crypto pool is visited twice for an enrollment (reading the request; signing the
+        certificate with its CertRep) and the store twice (what it knows of the transaction and
+        challenge; the record), since each visit costs a thread hop.
+        """
         try:
-            message = await self._crypto.run(scep.parse_pki_message, der)
+            read = await self._crypto.run(self._read, der)
         except scep.SCEPError as error:
             await self._event("refused", reason=f"unreadable PKIMessage: {error}")
             raise Refused(Kind.MALFORMED, f"not a SCEP PKIMessage: {error}") from None
+        message = read.message
         log.info(
-            "SCEP {kind} by {transport}, digest {digest}, transaction {transaction}",
+            "SCEP {kind} by {transport}, digest {digest}, envelope {cipher} to the {who}, transaction {transaction}",
             kind=_type_name(message.message_type),
             transport=transport,
             digest=message.digest,
+            cipher=read.opened.cipher if read.opened is not None else "unreadable",
+            who=read.recipient,
             transaction=message.transaction_id,
         )
-        cipher = "aes256"
-        responder = self._recipients()[0].signs
+        reply = _Reply(message, read.responder, _reply_cipher(read.opened.cipher) if read.opened is not None else "aes256")
         try:
-            if message.message_type not in (
-                scep.MessageType.PKCSReq,
-                scep.MessageType.RenewalReq,
-                scep.MessageType.CertPoll,
-                scep.MessageType.GetCert,
-                scep.MessageType.GetCRL,
-            ):
+            if message.message_type not in _OPERATIONS:
                 raise _Failure(scep.FailInfo.badRequest, f"unsupported messageType {message.message_type}")
-            opened, responder = await self._open(message)
-            cipher = _reply_cipher(opened.cipher)
+            if read.opened is None:
+                raise _Failure(scep.FailInfo.badMessageCheck, "cannot decrypt the request's envelope")
             if message.message_type == scep.MessageType.CertPoll:
                 decision = await self._poll(message)
             elif message.message_type == scep.MessageType.GetCert:
-                decision = await self._get_cert(opened.content)
+                decision = await self._get_cert(read.opened.content)
             elif message.message_type == scep.MessageType.GetCRL:
-                decision = self._get_crl(opened.content)
+                decision = self._get_crl(read.opened.content)
             else:
-                decision = await self._enroll(message, opened.content, opened.cipher)
+                decision = await self._enroll(message, read, reply)
         except _Failure as failure:
             await self._event("refused", transaction=message.transaction_id, reason=failure.reason)
             log.info("SCEP request refused: {reason}", reason=failure.reason, transaction=message.transaction_id, outcome="refused")
             decision = _Decision(scep.PKIStatus.FAILURE, fail_info=failure.fail_info)
-        return await self._crypto.run(
-            lambda: scep.build_cert_rep(
-                request=message,
-                status=decision.status,
-                signer_cert=responder.cert,
-                signer_key=responder.key,
-                fail_info=decision.fail_info,
-                issued=decision.issued,
-                crl=decision.crl,
-                cipher=cipher,
-                digest=_reply_digest(message.digest),
-                chain=responder.chain,
-            )
-        )
+        if decision.reply is not None:
+            return decision.reply
+        return await self._crypto.run(reply.build, decision)
 
-    async def _open(self, message: scep.PKIMessage) -> tuple[cms.Decrypted, Identity]:
-        """Decrypt the envelope with whichever of otad's keys it was encrypted to; return who signs the reply."""
-        for recipient in self._recipients():
+    def _read(self, der: bytes) -> _Read:
+        """Parse the PKIMessage, open its envelope with whichever of otad's keys it was encrypted to,
+        and read the CSR of an enrollment (on the crypto pool); SCEPError if it is no PKIMessage."""
+        message = scep.parse_pki_message(der)
+        recipients = self._recipients()
+        for recipient in recipients:
             identity = recipient.decrypts
+            if not isinstance(identity.key, rsa.RSAPrivateKey):
+                continue
             try:
-                opened = await self._crypto.run(scep.open_envelope, message, identity.cert, identity.key)
+                opened = scep.open_envelope(message, identity.cert, identity.key)
             except (cms.CMSError, scep.SCEPError):
                 continue
-            log.info(
-                "SCEP envelope cipher {cipher}, to the {who}",
-                cipher=opened.cipher,
-                transaction=message.transaction_id,
-                who=recipient.name,
-            )
-            return opened, recipient.signs
-        raise _Failure(scep.FailInfo.badMessageCheck, "cannot decrypt the request's envelope")
+            if message.message_type not in (scep.MessageType.PKCSReq, scep.MessageType.RenewalReq):
+                return _Read(message, opened, recipient.signs, recipient.name)
+            try:
+                return _Read(message, opened, recipient.signs, recipient.name, csr=scep.parse_csr(opened.content))
+            except scep.SCEPError as error:
+                return _Read(message, opened, recipient.signs, recipient.name, csr_error=error)
+        return _Read(message, None, recipients[0].signs, "none of otad's certificates")
 
     def _now(self) -> float:
         return self._clock.seconds()
@@ -211,43 +251,55 @@ class SCEPResponder:
             lambda store: store.record_event(now=now, kind="scep", outcome=outcome, udid=udid, serial=serial, reason=detail)
         )
 
-    async def _enroll(self, message: scep.PKIMessage, csr_der: bytes, request_cipher: str) -> _Decision:
-        try:
-            csr = await self._crypto.run(scep.parse_csr, csr_der)
-        except scep.SCEPError as error:
-            raise _Failure(error.fail_info, f"bad CSR: {error}") from None
+    async def _enroll(self, message: scep.PKIMessage, read: _Read, reply: _Reply) -> _Decision:
+        if read.csr is None:
+            error = read.csr_error
+            assert error is not None
+            raise _Failure(error.fail_info, f"bad CSR: {error}")
+        csr = read.csr
+        request_cipher = read.opened.cipher if read.opened is not None else "?"
         self._check_key(csr)
         now = self._now()
         renewing = await self._renewal_source(message)
         if message.message_type == scep.MessageType.RenewalReq and renewing is None:
             raise _Failure(scep.FailInfo.badRequest, "RenewalReq not signed by a valid, unrevoked otad certificate")
         if renewing is not None:
-            return await self._issue(message, csr, udid=renewing.udid, digest=None, renewing=renewing, cipher=request_cipher)
+            return await self._issue(message, csr, reply, udid=renewing.udid, digest=None, renewing=renewing, cipher=request_cipher)
         transaction = message.transaction_id
-        earlier = await self._store.call(lambda store: store.certificate_for_transaction(transaction))
+        digest = tokens.digest(csr.challenge) if csr.challenge else None
+        manual = self._config.manual_approval
+
+        def known(store: Store) -> tuple[CertificateRecord | None, HeldRequest | None, Challenge | ChallengeRefused | None]:
+            """What the store knows of this transaction and its challenge, in one visit."""
+            earlier = store.certificate_for_transaction(transaction)
+            held = store.held_request(transaction) if manual else None
+            if digest is None:
+                return earlier, held, None
+            try:
+                return earlier, held, store.find_challenge(digest, _CHALLENGE_KINDS, now=now)
+            except ChallengeRefused as refused:
+                return earlier, held, refused
+
+        earlier, held, challenge = await self._store.call(known)
         if earlier is not None and earlier.revoked is None and now < earlier.not_after:
             issued = x509.load_der_x509_certificate(earlier.der)
             if issued.public_key() == csr.public_key:
                 # A client retrying after a lost reply gets the same certificate again (RFC 8894 3.3.1);
                 # it is enveloped to the request's signer, so a replay gives nobody else anything.
                 return _Decision(scep.PKIStatus.SUCCESS, issued=(issued,))
-        if self._config.manual_approval:
-            held = await self._store.call(lambda store: store.held_request(transaction))
-            if held is not None:
-                # The client sent the same request again: answer as a poll would.
-                return await self._decide_held(message, held)
-        if not csr.challenge:
+        if held is not None:
+            # The client sent the same request again: answer as a poll would.
+            return await self._decide_held(message, held, reply)
+        if digest is None:
             raise _Failure(scep.FailInfo.badRequest, "the CSR has no challengePassword")
-        digest = tokens.digest(csr.challenge)
-        try:
-            challenge = await self._store.call(lambda store: store.find_challenge(digest, _CHALLENGE_KINDS, now=now))
-        except ChallengeRefused as error:
-            raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+        if isinstance(challenge, ChallengeRefused):
+            raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {challenge}")
+        assert challenge is not None
         # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
         udid = challenge.bound_to
-        if self._config.manual_approval:
+        if manual:
             return await self._hold(message, csr, digest, udid, now)
-        return await self._issue(message, csr, udid=udid, digest=digest, renewing=None, cipher=request_cipher)
+        return await self._issue(message, csr, reply, udid=udid, digest=digest, renewing=None, cipher=request_cipher)
 
     def _check_key(self, csr: scep.CSRInfo) -> None:
         public_key = csr.public_key
@@ -285,7 +337,7 @@ class SCEPResponder:
         log.info("SCEP request {transaction} held for approval", transaction=message.transaction_id, udid=udid, outcome="pending")
         return _Decision(scep.PKIStatus.PENDING)
 
-    async def _held_elsewhere(self, message: scep.PKIMessage) -> _Decision:
+    async def _held_elsewhere(self, message: scep.PKIMessage, reply: _Reply | None = None) -> _Decision:
         """The answer for a transaction that another request held or issued first: PENDING, or its certificate."""
         transaction = message.transaction_id
         held = await self._store.call(lambda store: store.held_request(transaction))
@@ -293,9 +345,9 @@ class SCEPResponder:
             # The request left "approved" for "issued" (that is what _Decided means), so this cannot
             # be; refusing here keeps it from issuing again in a loop.
             raise _Failure(scep.FailInfo.badRequest, "the held request changed while it was being answered; poll again")
-        return await self._decide_held(message, held)
+        return await self._decide_held(message, held, reply)
 
-    async def _decide_held(self, message: scep.PKIMessage, held: HeldRequest) -> _Decision:
+    async def _decide_held(self, message: scep.PKIMessage, held: HeldRequest, reply: _Reply | None = None) -> _Decision:
         """Answer for a held request: PENDING, FAILURE if rejected, or the certificate once approved."""
         if held.status == "pending":
             return _Decision(scep.PKIStatus.PENDING)
@@ -307,12 +359,13 @@ class SCEPResponder:
             if record is not None:
                 return _Decision(scep.PKIStatus.SUCCESS, issued=(x509.load_der_x509_certificate(record.der),))
         csr = await self._crypto.run(scep.parse_csr, held.csr)
-        return await self._issue(message, csr, udid=held.udid, digest=None, renewing=None, cipher="held", held=held)
+        return await self._issue(message, csr, reply, udid=held.udid, digest=None, renewing=None, cipher="held", held=held)
 
     async def _issue(
         self,
         message: scep.PKIMessage,
         csr: scep.CSRInfo,
+        reply: _Reply | None,
         *,
         udid: str | None,
         digest: bytes | None,
@@ -320,7 +373,8 @@ class SCEPResponder:
         cipher: str,
         held: HeldRequest | None = None,
     ) -> _Decision:
-        """Sign a certificate, then use the challenge and record it in one transaction; retry on a serial clash."""
+        """Sign a certificate (and its CertRep, when ``reply`` says how), then use the challenge and record
+        it in one transaction; retry on a serial clash. Nothing signed here is sent unless recorded."""
         public_key = csr.public_key
         assert isinstance(public_key, rsa.RSAPublicKey)
         now = self._now()
@@ -328,8 +382,9 @@ class SCEPResponder:
         issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC)
         for _ in range(_SERIAL_ATTEMPTS):
             serial = x509.random_serial_number()
-            cert = await self._crypto.run(
-                lambda serial=serial: issue_client_certificate(
+
+            def sign(serial: int = serial) -> tuple[x509.Certificate, bytes | None]:
+                cert = issue_client_certificate(
                     self._authority.root,
                     public_key,
                     csr.subject,
@@ -342,7 +397,9 @@ class SCEPResponder:
                     copy_names=self._config.copy_subject_alt_names,
                     publication=self._authority.publication,
                 )
-            )
+                return cert, reply.build(_Decision(scep.PKIStatus.SUCCESS, issued=(cert,))) if reply is not None else None
+
+            cert, signed_reply = await self._crypto.run(sign)
             try:
                 await self._store.call(
                     partial(
@@ -366,7 +423,7 @@ class SCEPResponder:
             except _Decided:
                 # Another poll (on this otad or another) issued the approved request first: this
                 # certificate was never recorded and is never sent; the client gets that one.
-                return await self._held_elsewhere(message)
+                return await self._held_elsewhere(message, reply)
             if renewing is not None and self._config.revoke_on_renew and self._crls is not None:
                 self._crls.republish()
             log.info(
@@ -377,7 +434,7 @@ class SCEPResponder:
                 cipher=cipher,
                 outcome="issued",
             )
-            return _Decision(scep.PKIStatus.SUCCESS, issued=(cert,))
+            return _Decision(scep.PKIStatus.SUCCESS, issued=(cert,), reply=signed_reply)
         raise _Failure(scep.FailInfo.badRequest, "could not draw an unused serial number")
 
     @staticmethod

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
@@ -17,7 +18,9 @@ from otad.ca import Authority
 from otad.channel import Limits
 from otad.config import Config
 from otad.device_trust import DeviceTrust
+from otad.directory import DirectoryChecker
 from otad.enrollment import Enrollment
+from otad.forwarded import TrustedProxies
 from otad.issued import IssuedCertificates
 from otad.logins import LoginGuard, LoginPolicy
 from otad.ocsp import OCSPResponder
@@ -37,6 +40,13 @@ from otad.users import HtpasswdChecker
 from otad.web import OtadSite
 
 
+def password_checker(settings: Config, run_auth: Callable[..., Deferred[Any]], reactor: Any) -> ICredentialsChecker:
+    """The checker ``[auth] backend`` names: the htpasswd users file (bcrypt on the auth pool), or the LDAP directory."""
+    if settings.auth_backend == "ldap":
+        return DirectoryChecker(settings, run_auth, reactor, queue=settings.auth_queue)
+    return HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file, settings.bcrypt_rounds)
+
+
 def build_site(
     settings: Config,
     authority: Authority,
@@ -47,11 +57,16 @@ def build_site(
     device_trust: DeviceTrust,
     profile_templates: Sequence[Template],
     crls: CRLPublisher,
+    network: Any = None,
 ) -> OtadSite:
-    """``/``, ``/CA``, ``/enroll``, ``/profile``, ``/scep``, ``/crl`` and ``/ocsp`` over the given store, pools and clock."""
+    """``/``, ``/CA``, ``/enroll``, ``/profile``, ``/scep``, ``/crl`` and ``/ocsp`` over the given store, pools and clock.
+
+    ``network`` is the reactor that connects to the LDAP directory (``[auth] backend = ldap``);
+    by default ``clock``, which in the daemon is the reactor.
+    """
     issued = IssuedCertificates(authority, store)
     enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued)
-    checker = HtpasswdChecker(settings.htpasswd, run_auth, settings.first_password_file)
+    checker = password_checker(settings, run_auth, network or clock)
     policy = LoginPolicy(settings.failures_per_address, settings.failures_per_user, settings.failure_window)
     guard = LoginGuard(checker, store, clock, policy)
     root = Root(
@@ -74,4 +89,4 @@ def build_site(
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_address,
     )
-    return OtadSite(root, limits, reactor=clock)
+    return OtadSite(root, limits, TrustedProxies(settings.trusted_proxies, settings.proxy_headers), reactor=clock)

@@ -15,6 +15,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
@@ -33,11 +34,12 @@ from otad import __version__, systemd
 from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
 from otad.ca_sharing import synchronise
-from otad.certificate_rules import tls_server_problems
 from otad.device_trust import DeviceTrust, load_anchors
+from otad.directory import DirectoryDown, check_start
 from otad.files import check_writer, make_directory
+from otad.listeners import Listener
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, Refresh, load_operator_tls
+from otad.renewal import CertificateKeeper, OperatorTLS, Refresh, TLSFiles, open_operator_tls, warn_apple_rules
 from otad.revocation import CRLPublisher
 from otad.site import build_site
 from otad.store import Store, StoreThread, is_postgresql, open_database
@@ -45,6 +47,7 @@ from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.tls import ServerTLS, TLSPolicy
 from otad.users import FirstPassword, first_user
 from otad.web import OtadSite
+from otad.workers import STATUS_FD, Supervisor, WorkerSpec, inherited_sockets
 
 log = Logger()
 
@@ -85,6 +88,8 @@ class Options(usage.Options):
             "htpasswd": self["htpasswd"],
             "device_ca": self["device-ca"],
         }
+        # Worker processes ([server] workers) load the same file with the same overrides.
+        self["overrides"] = overrides
         try:
             self["settings"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as error:
@@ -168,10 +173,22 @@ class OtadService(MultiService):
     and ends the process with exit status 1, after one line naming the cause.
     """
 
-    def __init__(self, settings: configuration.Config, reactor: Any) -> None:
+    def __init__(
+        self,
+        settings: configuration.Config,
+        reactor: Any,
+        *,
+        source: tuple[str | None, dict[str, Any]] = (None, {}),
+        worker: WorkerSpec | None = None,
+    ) -> None:
+        """``source`` is the configuration file and overrides, for worker processes; ``worker`` makes this service one."""
         super().__init__()
         self.settings = settings
         self._reactor = reactor
+        self._source = source
+        self._worker = worker
+        self.supervisor: Supervisor | None = None
+        self.site: OtadSite | None = None
         self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads)
         self.crypto.setServiceParent(self)
         self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue)
@@ -206,7 +223,11 @@ class OtadService(MultiService):
         else:
             self._reactor.callWhenRunning(self._reactor.stop)
 
-    def _authority_loader(self, create: bool) -> AuthorityLoader:
+    @property
+    def _supervising(self) -> bool:
+        return self._worker is None and self.settings.workers > 1
+
+    def _authority_loader(self, create: bool, renew: bool = True) -> AuthorityLoader:
         settings = self.settings
 
         def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Authority:
@@ -228,15 +249,21 @@ class OtadService(MultiService):
                 create=create,
                 publication=publication,
                 tls_key_type=settings.tls_key_type,
+                renew=renew,
             )
 
         return load
 
-    def _refresher(self, create: bool) -> Refresh:
+    @property
+    def _keeps_shared_ca(self) -> bool:
+        """On a PostgreSQL store, this process (not a worker: its supervisor does) keeps certs/ in step with the database's copy."""
+        return self.shared and self._worker is None
+
+    def _refresher(self, create: bool, renew: bool = True) -> Refresh:
         """How certs/ is loaded (and created or renewed): on the crypto pool, or, on a shared PostgreSQL store,
         through the database's copy under its CA lock (otad.ca_sharing), on a store thread."""
-        load = self._authority_loader(create)
-        if not self.shared:
+        load = self._authority_loader(create, renew)
+        if not self._keeps_shared_ca:
             return lambda now, report, warn: self.crypto.run(load, now, report, warn)
         certs_dir = self.settings.certs_dir
 
@@ -253,61 +280,148 @@ class OtadService(MultiService):
 
     async def _start(self) -> None:
         settings = self.settings
-        log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
-        await self.crypto.run(prepare_data_dir, settings.data_dir)
+        worker = self._worker
+        if worker is None:
+            log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
+            await self.crypto.run(prepare_data_dir, settings.data_dir)
+        if settings.auth_backend == "ldap":
+            try:
+                await self.crypto.run(check_start, settings)
+            except DirectoryDown as down:
+                raise StartError(f"[ldap]: {down.why}") from None
         now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
         created: list[str] = []
         warnings: list[str] = []
-        if self.shared:
+        if self._keeps_shared_ca:
             # The CA comes from the database: open it first.
             await self.store.open()
-        authority = await self._refresher(create=True)(now, created.append, warnings.append)
+        # Workers only read certs/: their supervisor creates and renews.
+        authority = await self._refresher(create=worker is None, renew=worker is None)(now, created.append, warnings.append)
         for line in created:
             log.info("certificates: {line}", line=line)
         for line in warnings:
             log.warn("certificates: {line}", line=line)
-        anchors = await self.crypto.run(load_anchors, settings.device_anchors)
-        profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
-        if not self.shared:
+        if not self._keeps_shared_ca:
             await self.store.open()
         self.authority = authority
         crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check)
         await crls.check()
-        crls.setServiceParent(self)
-        site = build_site(
-            settings,
-            authority,
-            self.store,
-            self.crypto,
-            self.auth.run,
-            self._reactor,
-            DeviceTrust(settings.device_policy, anchors),
-            profile_templates,
-            crls,
-        )
-        urls, own_tls, operators = await self._listen(site, authority, now)
+        if self._supervising:
+            urls, own_tls, operators = await self._supervise()
+        else:
+            crls.setServiceParent(self)
+            anchors = await self.crypto.run(load_anchors, settings.device_anchors)
+            profile_templates = await self.crypto.run(load_profile_templates, settings.templates)
+            self.site = build_site(
+                settings,
+                authority,
+                self.store,
+                self.crypto,
+                self.auth.run,
+                self._reactor,
+                DeviceTrust(settings.device_policy, anchors),
+                profile_templates,
+                crls,
+            )
+            urls, own_tls, operators = await self._listen(self.site, authority, now)
         if authority.publication.base is None:
             authority.publication = Publication(urls[0])
-        self.keeper = CertificateKeeper(
+        keeper = CertificateKeeper(
             authority,
-            self._authority_loader(create=False),
+            self._authority_loader(create=False, renew=worker is None),
             own_tls,
             operators,
             settings.hostname,
             self.crypto,
             self._reactor,
-            refresh=self._refresher(create=False),
-            generation=(lambda: self.store.call(lambda store: store.ca_generation())) if self.shared else None,
+            after=self._pass_on_reload if self._supervising else None,
+            refresh=self._refresher(create=False, renew=worker is None),
+            generation=(lambda: self.store.call(lambda store: store.ca_generation())) if self._keeps_shared_ca else None,
         )
-        self.keeper.setServiceParent(self)
+        self.keeper = keeper
         signal.signal(signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reload))
+        if worker is not None:
+            # A worker re-reads certs/ on SIGHUP only; its supervisor runs the daily check.
+            os.write(STATUS_FD, b"ready\n")
+            return
+        keeper.setServiceParent(self)
         TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
-        # Only now, with every port bound: a start that failed earlier leaves no users file behind.
-        first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file)
-        self._announce_first_password(first, urls)
+        if settings.auth_backend == "ldap":
+            # Users live in the directory: no users file, no first user.
+            log.info("users: logins at /enroll are checked by the directory {url}", url=settings.ldap_url)
+        else:
+            # Only now, with every port bound: a start that failed earlier leaves no users file behind.
+            first = await self.auth.run(first_user, settings.htpasswd, settings.first_password_file, settings.bcrypt_rounds)
+            self._announce_first_password(first, urls)
         for url in urls:
             log.info("otad listening on {url}/", url=url)
         systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))
+
+    async def _supervise(self) -> tuple[list[str], None, list[OperatorTLS]]:
+        """Bind every listener here, then start the workers that serve them; fires once all of them serve."""
+        settings = self.settings
+        urls = []
+        for listener in settings.listeners:
+            # The supervisor accepts nothing: a placeholder factory, quiet in the log.
+            placeholder = ServerFactory()
+            placeholder.noisy = False
+            port = await self._bind(listener, placeholder)
+            urls.append(self._url(listener, port))
+        sockets = inherited_sockets(self.ports)
+        config, overrides = self._source
+        self.supervisor = Supervisor(
+            self._reactor,
+            settings.workers,
+            lambda index: WorkerSpec(index, config, overrides, sockets),
+            settings.drain_timeout,
+        )
+        await self.supervisor.start()
+        log.info("{count} workers serving", count=settings.workers)
+        # The workers serve the operator's files; the supervisor watches them and tells the workers when they change.
+        now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
+        return urls, None, await self._open_operator_tls(now)
+
+    def _pass_on_reload(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.signal("HUP")
+
+    async def _bind(self, listener: Listener, factory: Any) -> IListeningPort:
+        try:
+            port = await listener.endpoint(self._reactor).listen(factory)
+        except CannotListenError as error:
+            cause = error.socketError
+            raise StartError(f"cannot listen on {listener.description}: {getattr(cause, 'strerror', None) or cause}") from None
+        self.ports.append(port)
+        return port
+
+    def _url(self, listener: Listener, port: IListeningPort) -> str:
+        port_number = getattr(port.getHost(), "port", None)
+        return f"{listener.scheme}://{self.settings.hostname}:{port_number}" if port_number is not None else listener.description
+
+    def _operator_files(self, listener: Listener) -> TLSFiles | None:
+        """The operator's certificate files an ``ssl:`` listener serves: its own certKey=, else ``[tls] certificate``."""
+        settings = self.settings
+        if not listener.tls:
+            return None
+        if listener.files:
+            return TLSFiles.of_listener(listener)
+        if settings.tls_certificate is not None:
+            return TLSFiles(settings.tls_certificate, settings.tls_key, settings.tls_chain)
+        return None
+
+    async def _open_operator_tls(self, now: datetime.datetime) -> list[OperatorTLS]:
+        """Each distinct set of operator's files, read once (a start fails on files that won't do)."""
+        settings = self.settings
+        policy = TLSPolicy(settings.tls_ciphers, settings.tls_min_version)
+        operators: list[OperatorTLS] = []
+        for listener in settings.listeners:
+            files = self._operator_files(listener)
+            if files is not None and all(known.files != files for known in operators):
+                operator = await self.crypto.run(open_operator_tls, files, policy)
+                operators.append(operator)
+                if self._worker is None:
+                    warn_apple_rules(operator.server.chain, settings.hostname, now, files.certificate)
+        return operators
 
     async def _listen(
         self, site: OtadSite, authority: Authority, now: datetime.datetime
@@ -315,35 +429,28 @@ class OtadService(MultiService):
         """Bind every configured listener; HTTPS ones serve otad's TLS certificate or the operator's files."""
         settings = self.settings
         own_tls: ServerTLS | None = None
-        operators: list[OperatorTLS] = []
         policy = TLSPolicy(settings.tls_ciphers, settings.tls_min_version)
+        operators = await self._open_operator_tls(now)
         urls = []
-        for listener in settings.listeners:
+        for index, listener in enumerate(settings.listeners):
             factory: Any = site
-            if listener.tls and listener.files:
-                key, chain = await self.crypto.run(load_operator_tls, listener)
-                operator = OperatorTLS(listener, ServerTLS(key, chain, policy))
-                operators.append(operator)
+            files = self._operator_files(listener)
+            if files is not None:
+                operator = next(known for known in operators if known.files == files)
                 factory = operator.server.wrap(site)
-                for problem in tls_server_problems(chain[0], settings.hostname, now):
-                    log.warn(
-                        "the TLS certificate {path} will be refused by Apple devices: {problem}",
-                        path=str(listener.files["certKey"]),
-                        problem=problem,
-                    )
             elif listener.tls:
                 if own_tls is None:
                     own_tls = ServerTLS(authority.tls.key, [authority.tls.cert, *authority.tls.chain], policy)
                 factory = own_tls.wrap(site)
-            try:
-                port = await listener.endpoint(self._reactor).listen(factory)
-            except CannotListenError as error:
-                cause = error.socketError
-                raise StartError(f"cannot listen on {listener.description}: {getattr(cause, 'strerror', None) or cause}") from None
-            self.ports.append(port)
-            address = port.getHost()
-            port_number = getattr(address, "port", None)
-            urls.append(f"{listener.scheme}://{settings.hostname}:{port_number}" if port_number is not None else listener.description)
+            if self._worker is None:
+                port = await self._bind(listener, factory)
+            else:
+                # The supervisor's socket, at the same number here; the port keeps its own duplicate.
+                inherited = self._worker.sockets[index]
+                port = self._reactor.adoptStreamPort(inherited.fd, inherited.family, factory)
+                os.close(inherited.fd)
+                self.ports.append(port)
+            urls.append(self._url(listener, port))
         return urls, own_tls, operators
 
     def reload(self) -> Deferred[None]:
@@ -368,6 +475,8 @@ class OtadService(MultiService):
             enroll = f"{settings.public_url}/enroll"
         elif https or settings.allow_plain_http_login:
             enroll = f"{(https or urls)[0]}/enroll"
+        elif settings.trusted_proxies:
+            enroll = "/enroll at the https:// address of the TLS proxy in front of otad (trusted_proxies)"
         else:
             enroll = "an https:// URL (no ssl: listener here, and /enroll refuses passwords over plain HTTP)"
         # Under systemd (JOURNAL_STREAM) "auto" keeps the password out of the journal: the file has it.
@@ -411,9 +520,20 @@ class OtadService(MultiService):
             if stopping is not None:
                 await stopping
 
+    async def _drain(self) -> None:
+        """Stop accepting, then let what is under way finish: this process's requests, or its workers."""
+        await self._stop_listening()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self.site is not None:
+            cut = await self.site.open_channels.drain(self._reactor, self.settings.drain_timeout)
+            if cut:
+                log.warn("cut off {count} connections still open after {timeout} s", count=cut, timeout=self.settings.drain_timeout)
+
     def stopService(self) -> Deferred[None]:
-        systemd.notify("STOPPING=1")
-        stopping = ensureDeferred(self._stop_listening())
+        if self._worker is None:
+            systemd.notify("STOPPING=1")
+        stopping = ensureDeferred(self._drain())
         stopping.addCallback(lambda _: MultiService.stopService(self))
         return stopping
 
@@ -422,4 +542,4 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     os.umask(0o077)
-    return OtadService(options["settings"], reactor)
+    return OtadService(options["settings"], reactor, source=(options["config"], options["overrides"]))

@@ -110,7 +110,7 @@ class FirstPassword:
     created: bool
 
 
-def first_user(htpasswd: Path, keep: Path) -> FirstPassword | None:
+def first_user(htpasswd: Path, keep: Path, rounds: int = 12) -> FirstPassword | None:
     """Create the users file with the first user, or find that user's password still unused in ``keep``.
 
     The password is written to ``keep`` (mode 0600) before the users file exists, so no users
@@ -120,7 +120,7 @@ def first_user(htpasswd: Path, keep: Path) -> FirstPassword | None:
     if not htpasswd.exists():
         password = secrets.token_urlsafe(12)
         write_atomically(keep, f"{password}\n".encode("ascii"), 0o600)
-        set_password(htpasswd, FIRST_USER, password.encode("ascii"))
+        set_password(htpasswd, FIRST_USER, password.encode("ascii"), rounds)
         return FirstPassword(password, created=True)
     try:
         password = keep.read_text(encoding="ascii").strip()
@@ -152,8 +152,10 @@ class HtpasswdChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, path: Path, run: Callable[..., Deferred[Any]], first_password: Path | None = None) -> None:
+    def __init__(self, path: Path, run: Callable[..., Deferred[Any]], first_password: Path | None = None, rounds: int = 12) -> None:
         self._path = path
+        # An unknown name is checked against a hash of the cost new users get.
+        self._decoy = b"$2b$%02d$" % rounds + b"." * 53
         self._first_password = first_password
         self._run = run
         self._lock = threading.Lock()
@@ -177,7 +179,7 @@ class HtpasswdChecker:
         hashed = self._current_users().get(name)
         if hashed is None:
             # Spend the same time as for a known user, so response times don't reveal names.
-            check_password(password, b"$2b$12$" + b"." * 53)
+            check_password(password, self._decoy)
             raise UnauthorizedLogin("unknown user or wrong password")
         if not hashed.startswith(BCRYPT_PREFIXES):
             log.warn(

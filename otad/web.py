@@ -8,7 +8,6 @@ nowhere else. ``render_async`` turns any of them into a response, logs anything 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,8 +21,9 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from otad.channel import ConnectionCounter, Limits, OtadChannel
+from otad.channel import ConnectionCounter, Limits, OpenChannels, OtadChannel
 from otad.errors import Kind, Refused, one_line, printable
+from otad.forwarded import HOST, ForwardedError, Origin, TrustedProxies
 
 log = Logger()
 
@@ -188,6 +188,8 @@ class OtadRequest(Request):
         self.otad_started = time.monotonic()
         self.otad_user: str | None = None
         self.otad_outcome = "ok"
+        # Set once the headers are in (process): the client and URL as the trusted proxies tell them.
+        self.otad_origin: Origin | None = None
         self._body_size = 0
         self._too_large = False
 
@@ -210,11 +212,26 @@ class OtadRequest(Request):
         self._body.write(data)
 
     def process(self) -> None:
+        proxies: TrustedProxies = getattr(getattr(self.channel, "site", None), "proxies", None) or TrustedProxies()
+        peer = str(getattr(self.getClientAddress(), "host", None) or "local")
+        forwarded_error = None
+        try:
+            self.otad_origin = proxies.origin(peer, self.isSecure(), self.requestHeaders)
+        except ForwardedError as error:
+            forwarded_error = str(error)
         if self._too_large:
             # The rest of an oversized body may still be in flight: close rather than parse it.
             self.channel.persistent = False
             self.setHeader(b"connection", b"close")
             self.write(refuse(self, Refusal(413, f"request body larger than {self.max_body} bytes")))
+            self.finish()
+            return
+        if self.channel is not None and getattr(self.channel, "draining", False):
+            # The daemon is stopping: this answer is the connection's last.
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
+        if forwarded_error is not None:
+            self.write(refuse(self, Refusal(400, forwarded_error)))
             self.finish()
             return
         super().process()
@@ -230,17 +247,20 @@ class OtadSite(Site):
     requestFactory = OtadRequest
     protocol = OtadChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: Resource, limits: Limits | None = None, **kwargs: Any) -> None:
+    def __init__(self, resource: Resource, limits: Limits | None = None, proxies: TrustedProxies | None = None, **kwargs: Any) -> None:
         super().__init__(resource, timeout=None, parsePOSTFormSubmission=False, **kwargs)
         self.limits = limits or Limits()
         self.max_body = self.limits.max_body
-        self.connections = ConnectionCounter(self.limits)
+        self.proxies = proxies or TrustedProxies()
+        # A trusted proxy carries many clients on its connections: it is not one abusive address.
+        self.connections = ConnectionCounter(self.limits, exempt=self.proxies.trusts)
+        self.open_channels = OpenChannels()
         self.displayTracebacks = False
 
     def log(self, request: http.Request) -> None:
         user = getattr(request, "otad_user", None)
         log.info(
-            "{method} {path} {code} {outcome} user={user} {ms}ms",
+            "{method} {path} {code} {outcome} user={user} client={client} {ms}ms",
             method=printable(request.method.decode("latin-1"), 16),
             path=printable(request.path.decode("latin-1"), 200),
             code=request.code,
@@ -248,27 +268,39 @@ class OtadSite(Site):
             user=printable(user, 64) if user is not None else None,
             ms=round((time.monotonic() - getattr(request, "otad_started", time.monotonic())) * 1000, 1),
             client=client_address(request),
+            proxy=origin(request).proxy,
         )
 
 
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+def origin(request: http.Request) -> Origin:
+    """Where the request came from: what a trusted proxy said (OtadRequest), else the connection itself."""
+    found = getattr(request, "otad_origin", None)
+    if found is not None:
+        return found
+    return Origin(str(getattr(request.getClientAddress(), "host", None) or "local"), request.isSecure())
 
 
 def client_address(request: http.Request) -> str:
-    """The address the request came from (``local`` for a Unix socket)."""
-    return str(getattr(request.getClientAddress(), "host", None) or "local")
+    """The client's address (``local`` for a Unix socket): behind a trusted proxy, the one it forwarded for."""
+    return origin(request).client
+
+
+def is_secure(request: http.Request) -> bool:
+    """Whether the client used HTTPS: to otad itself, or to a trusted proxy that said so."""
+    return origin(request).secure
 
 
 def base_url(request: Request, public_url: str) -> str:
-    """The URL prefix for payload URLs: ``public_url`` when configured, else from the request's Host.
+    """The URL prefix for payload URLs: ``public_url`` when configured, else the scheme and Host the client used.
 
     Apple's sample server also builds URLs from the Host header; we validate it first so a
-    forged header cannot inject anything into a signed profile.
+    forged header cannot inject anything into a signed profile. Behind a trusted proxy the
+    scheme and host are the ones it forwarded (X-Forwarded-Proto/-Host or Forwarded).
     """
     if public_url:
         return public_url
-    host = (request.getHeader(b"host") or b"").decode("latin-1")
-    if not _HOST.match(host):
+    source = origin(request)
+    host = source.host or (request.getHeader(b"host") or b"").decode("latin-1")
+    if not HOST.match(host):
         raise Refusal(400, "missing or malformed Host header")
-    scheme = "https" if request.isSecure() else "http"
-    return f"{scheme}://{host}"
+    return f"{'https' if source.secure else 'http'}://{host}"

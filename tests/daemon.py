@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 import treq
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate
 from twisted.python.failure import Failure
@@ -21,6 +22,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"otad listening on (https?)://[^:]+:(\d+)/")
 _PASSWORD = re.compile(rb"user 'apple' and password (\S+);")
+_WORKER = re.compile(rb"started worker (\d+) \(pid (\d+)\)")
 
 
 class DaemonExited(Exception):
@@ -50,6 +52,7 @@ class Daemon(ProcessProtocol):
         self._listening: Deferred[int] = Deferred()
         self._exited: Deferred[int | None] = Deferred()
         self.exit_code: int | None = None
+        self._watches: list[tuple[re.Pattern[bytes], int, Deferred[re.Match[bytes]]]] = []
 
     def start(self) -> Deferred[int]:
         environment = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **self.environment}
@@ -64,6 +67,29 @@ class Daemon(ProcessProtocol):
         if match and not self._listening.called:
             self.port = int(match.group(2))
             self._listening.callback(self.port)
+        for watch in list(self._watches):
+            pattern, start, found = watch
+            seen = pattern.search(self.output, start)
+            if seen:
+                self._watches.remove(watch)
+                found.callback(seen)
+
+    def wait_for(self, pattern: bytes, after: int | None = None) -> Deferred[re.Match[bytes]]:
+        """Fires with the first match of ``pattern`` in the output from offset ``after`` on (default: from now)."""
+        compiled = re.compile(pattern)
+        start = len(self.output) if after is None else after
+        found: Deferred[re.Match[bytes]] = Deferred()
+        seen = compiled.search(self.output, start)
+        if seen:
+            found.callback(seen)
+        else:
+            self._watches.append((compiled, start, found))
+        return found
+
+    @property
+    def worker_pids(self) -> dict[int, int]:
+        """The pid of each worker (``[server] workers``) as last started, from the supervisor's log."""
+        return {int(index): int(pid) for index, pid in _WORKER.findall(self.output)}
 
     def errReceived(self, data: bytes) -> None:
         self.errors += data
@@ -81,9 +107,14 @@ class Daemon(ProcessProtocol):
         return match.group(1).decode() if match else None
 
     def stop(self, sig: int = signal.SIGTERM) -> Deferred[int | None]:
-        """Signal the daemon (SIGTERM, or SIGKILL for crash tests) and wait until it has exited."""
+        """Signal the daemon (SIGTERM, or SIGKILL for crash tests: its workers die with it) and wait until it has exited."""
         if self.exit_code is None and not self._exited.called:
-            self.transport.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
+            with contextlib.suppress(ProcessExitedAlready):
+                self.transport.signalProcess({signal.SIGTERM: "TERM", signal.SIGKILL: "KILL"}[sig])
+            if sig == signal.SIGKILL:
+                for pid in self.worker_pids.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         return self._exited
 
     def signal(self, name: str) -> None:

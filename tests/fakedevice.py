@@ -1127,6 +1127,8 @@ class FakeDevice:
     # False: a new TCP and TLS connection for every request, as a device whose steps run in
     # different processes (profile installer, SCEP agent) makes them.
     persistent: bool = True
+    # The local address to connect from (e.g. 127.0.0.2, so that a proxy in front of the server can be told apart).
+    bind_address: str | None = None
 
     scep_identity: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = field(default=None, init=False)
     profile_url: str = field(default="/profile", init=False)
@@ -1148,7 +1150,8 @@ class FakeDevice:
         else:
             policy = BrowserLikePolicyForHTTPS()
         self._pool = HTTPConnectionPool(self.reactor, persistent=self.persistent)
-        self._agent = Agent(self.reactor, contextFactory=policy, pool=self._pool)
+        bind = (self.bind_address, 0) if self.bind_address is not None else None
+        self._agent = Agent(self.reactor, contextFactory=policy, pool=self._pool, bindAddress=bind)
 
     async def close(self) -> None:
         """Drop pooled connections, so trial sees no open sockets."""

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from otad.ca import Authority, bootstrap
 from otad.pool import WorkerPool
@@ -69,11 +71,13 @@ class MemorySite:
         policy: str = "strict",
         anchors: tuple[Any, ...] = (),
         run_auth: Callable[..., Deferred[Any]] | None = None,
+        network: Any = None,
         store: Path | str | None = None,
         **settings: Any,
     ) -> None:
-        """``run_auth`` replaces the inline pool for password checks (to count or hold them); ``store`` is
-        another store location than the directory's SQLite file (a PostgreSQL database, another instance's file)."""
+        """``run_auth`` replaces the inline pool for password checks (to count or hold them); ``network`` is the
+        reactor that reaches an LDAP directory (the real one: the clock here is fake); ``store`` is another store
+        location than the directory's SQLite file (a PostgreSQL database, another instance's file)."""
         import dataclasses
 
         from treq.testing import StubTreq
@@ -104,6 +108,7 @@ class MemorySite:
             DeviceTrust(policy, anchors),
             load_profile_templates(self.settings.templates),
             self.crls,
+            network,
         )
         self.treq = StubTreq(self.site.resource)
 
@@ -115,6 +120,24 @@ class MemorySite:
         response = await self.treq.request(method, "https://otad.test" + url, **kwargs)
         body = await response.content()
         return response.code, {name.lower(): values for name, values in response.headers.getAllRawHeaders()}, body
+
+    def exchange(self, request: bytes, peer: str = "192.0.2.1") -> tuple[int, dict[bytes, bytes], bytes]:
+        """One raw HTTP/1.1 request through the production OtadSite and OtadChannel (which StubTreq bypasses),
+        on a plain connection from ``peer``; the status, the headers (lower-cased names) and the body."""
+        from twisted.internet.address import IPv4Address, IPv6Address
+        from twisted.internet.testing import StringTransport
+
+        address = (IPv6Address if ":" in peer else IPv4Address)("TCP", peer, 40000)
+        channel = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        assert channel is not None
+        channel.makeConnection(transport)
+        channel.dataReceived(request)
+        channel.connectionLost(Failure(ConnectionDone()))
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
+        return int(status.split()[1]), headers, body
 
     def events(self) -> list[Any]:
         result: list[Any] = []

@@ -11,9 +11,12 @@ PACKAGE = Path(__file__).parent.parent / "otad"
 
 # ARCHITECTURE.md's table, module by module (resources/* are layer 5, store/* layer 3).
 LAYERS = {
-    **dict.fromkeys(("tap", "admin", "site"), 6),
-    **dict.fromkeys(("web", "channel"), 5),
-    **dict.fromkeys(("enrollment", "scep_responder", "issued", "renewal", "users", "logins", "revocation", "ocsp", "ca_sharing"), 4),
+    **dict.fromkeys(("tap", "admin", "site", "workers", "worker"), 6),
+    **dict.fromkeys(("web", "channel", "forwarded"), 5),
+    **dict.fromkeys(
+        ("enrollment", "scep_responder", "issued", "renewal", "users", "directory", "logins", "revocation", "ocsp", "backup", "ca_sharing"),
+        4,
+    ),
     **dict.fromkeys(
         ("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store", "crl"), 3
     ),

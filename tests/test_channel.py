@@ -174,3 +174,40 @@ class ChannelTests(unittest.TestCase):
         channel.dataReceived(b"GET /echo HTTP/1.1\nHost: x\n\n")
         self.clock.advance(ABORT_AFTER + 1)
         self.assertEqual(aborted, [True])
+
+
+class DrainTests(unittest.TestCase):
+    """``OpenChannels.drain``, as a stopping daemon uses it."""
+
+    setUp = ChannelTests.setUp
+    connect = ChannelTests.connect
+
+    def test_idle_closed_busy_answered_then_closed(self) -> None:
+        """An idle kept-alive connection closes at once; one mid-body is answered with Connection: close, then closed."""
+        idle, idle_transport = self.connect("192.0.2.20")
+        idle.dataReceived(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertFalse(idle_transport.disconnecting)
+        busy, busy_transport = self.connect("192.0.2.21")
+        busy.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        drained = self.site.open_channels.drain(self.clock, 10)
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertFalse(busy_transport.disconnecting)
+        busy.dataReceived(b"cd")
+        answer = busy_transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer)
+        self.assertIn(b"connection: close", answer.lower())
+        self.assertTrue(busy_transport.disconnecting)
+        for channel in (idle, busy):
+            channel.connectionLost()
+        self.assertEqual(self.successResultOf(drained), 0)
+
+    def test_drain_gives_up_at_the_timeout(self) -> None:
+        """A request that never completes is cut off at the timeout, and the drain says how many were."""
+        stuck, transport = self.connect("192.0.2.22")
+        stuck.dataReceived(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\na")
+        drained = self.site.open_channels.drain(self.clock, 10)
+        self.clock.advance(9)
+        self.assertNoResult(drained)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(drained), 1)
+        self.assertTrue(transport.disconnected or transport.disconnecting)

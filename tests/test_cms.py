@@ -267,15 +267,6 @@ class CMSTests(_Base):
         )
         self.assertEqual(self.openssl_verify(der), CONTENT)
 
-    def test_without_signed_attributes(self) -> None:
-        """Without signed attributes the signature covers the content, as devices sign."""
-        _, signer, _ = _pki()
-        der = cms.sign(CONTENT, signer.cert, signer.key, signed_attributes=False)
-        info = asn1_cms.ContentInfo.load(der)
-        self.assertIsInstance(info["content"]["signer_infos"][0]["signed_attrs"], core.Void)
-        self.assertEqual(dict(cms.verify(der).attributes), {})
-        self.assertEqual(self.openssl_verify(der), CONTENT)
-
     def test_attributes_as_received(self) -> None:
         """The signature is checked over the attributes as sent, not a re-encoding.
 

@@ -130,13 +130,14 @@ class CertificateKeeperTests(unittest.TestCase):
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
         listener = listeners.parse(f"ssl:0:certKey={directory / 'fullchain.pem'}:privateKey={directory / 'privkey.pem'}")
-        served = tls.ServerTLS(*renewal.load_operator_tls(listener))
+        operator = renewal.open_operator_tls(renewal.TLSFiles.of_listener(listener), tls.TLSPolicy())
+        served = operator.server
         self.assertEqual(len(served.chain), 2)
         keeper = renewal.CertificateKeeper(
             self.authority,
             _loader(self.certs_dir),
             None,
-            [renewal.OperatorTLS(listener, served)],
+            [operator],
             "otad.example.com",
             InlinePool(None, "inline", 1),
             self.clock,  # type: ignore[arg-type]
@@ -177,3 +178,80 @@ class ServerTLSTests(unittest.TestCase):
             self.assertEqual(second, renewed)
 
         return ensureDeferred(run())
+
+
+class OperatorFilesWatchTests(unittest.TestCase):
+    """The watch on an operator's files (certbot's layout: live/ symlinks into archive/), on a fake clock."""
+
+    def setUp(self) -> None:
+        from tests.publicca import PublicCA
+
+        self.public = PublicCA.create()
+        self.directory = Path(self.mktemp())
+        cert, key = self.public.issue(("otad.example.com",))
+        self.files = self.public.write_certbot_files(self.directory, cert, key, serial=1)
+        self.first = cert
+        self.operator = renewal.open_operator_tls(renewal.TLSFiles(self.files["fullchain"], self.files["privkey"]), tls.TLSPolicy())
+        self.clock = Clock()
+        self.clock.advance(datetime.datetime.now(datetime.UTC).timestamp())
+        own = authority()
+        self.keeper = renewal.CertificateKeeper(
+            own,
+            _loader(_copy_certs(Path(self.mktemp()) / "certs")),
+            None,
+            [self.operator],
+            "otad.example.com",
+            InlinePool(None, "inline", 1),
+            self.clock,  # type: ignore[arg-type]
+        )
+        self.keeper.startService()
+        self.addCleanup(self.keeper.stopService)
+        self.events = _events(self)
+
+    def warnings(self) -> list[LogEvent]:
+        return [event for event in self.events if "not using the changed TLS files" in event.get("log_format", "")]
+
+    def test_first_certificate_and_chain_served(self) -> None:
+        """fullchain.pem is served whole: the certificate, then the intermediate."""
+        self.assertEqual(list(self.operator.server.chain), [self.first, self.public.intermediate])
+
+    def test_renewal_by_symlink_swap_is_served_within_one_interval(self) -> None:
+        """When certbot points live/ at new files in archive/, the next look (WATCH_INTERVAL later) serves the new pair;
+        nothing changes before it, and unchanged files are not read again."""
+        cert, key = self.public.issue(("otad.example.com",))
+        self.public.write_certbot_files(self.directory, cert, key, serial=2)
+        self.assertEqual(self.operator.server.certificate, self.first)
+        self.clock.advance(renewal.WATCH_INTERVAL)
+        self.assertEqual(list(self.operator.server.chain), [cert, self.public.intermediate])
+        served = [event for event in self.events if "serving the new TLS certificate" in event.get("log_format", "")]
+        self.assertEqual(len(served), 1)
+        self.clock.advance(renewal.WATCH_INTERVAL * 3)
+        self.assertEqual(len([event for event in self.events if "serving the new TLS certificate" in event.get("log_format", "")]), 1)
+
+    def test_mismatched_pair_keeps_the_old_one(self) -> None:
+        """A certificate whose key is not in place yet (or a half-written file) is refused with one warning, the old pair is
+        kept, and once the key arrives the new pair is served."""
+        cert, key = self.public.issue(("otad.example.com",))
+        pem = serialization.Encoding.PEM
+        archive = self.directory / "archive" / "otad"
+        (archive / "fullchain2.pem").write_bytes(cert.public_bytes(pem) + self.public.intermediate.public_bytes(pem))
+        link = self.files["fullchain"]
+        link.unlink()
+        link.symlink_to(Path("..", "..", "archive", "otad", "fullchain2.pem"))
+        for _ in range(3):
+            self.clock.advance(renewal.WATCH_INTERVAL)
+        self.assertEqual(self.operator.server.certificate, self.first)
+        self.assertEqual(len(self.warnings()), 1)
+        self.assertIn("does not match", self.warnings()[0]["reason"])
+        # Half written: the key file is cut short.
+        data = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        (archive / "privkey2.pem").write_bytes(data[: len(data) // 2])
+        key_link = self.files["privkey"]
+        key_link.unlink()
+        key_link.symlink_to(Path("..", "..", "archive", "otad", "privkey2.pem"))
+        self.clock.advance(renewal.WATCH_INTERVAL)
+        self.assertEqual(self.operator.server.certificate, self.first)
+        self.assertEqual(len(self.warnings()), 2)
+        (archive / "privkey2.pem").write_bytes(data)
+        self.clock.advance(renewal.WATCH_INTERVAL)
+        self.assertEqual(self.operator.server.certificate, cert)

@@ -239,8 +239,8 @@ class SCEPApproval:
         other_store = InlineStoreThread(self.location)
         self.addCleanup(other_store.close)
         other = self.instance(other_store)
-        # Held at its fourth call, the hold itself (after the transaction, held request and challenge look-ups).
-        self.store.hold_after(3)
+        # Held at its second store call, the hold itself (after one look-up of the transaction and the challenge).
+        self.store.hold_after(1)
         first = ensureDeferred(self.responder.pki_operation(request.der, "POST"))
         self.assertNoResult(first)
         self.assertEqual(len(self.store.held), 1)

@@ -340,7 +340,7 @@ class SCEPClientTests(SQLiteStore, unittest.TestCase):
             self.assertIn("certmonger-test", _field(listing, "subject") or "")
             self.assertEqual(issued.subject.rfc4514_string(), "CN=certmonger-test")
             # In the NDES layout certmonger picks the encryption RA (its key usage), as NDES clients do.
-            self.assertIn(b"SCEP envelope cipher aes256, to the encryption RA", daemon.output)
+            self.assertIn(b"envelope aes256 to the encryption RA, transaction", daemon.output)
 
         return ensureDeferred(run())
 
@@ -353,7 +353,7 @@ class SCEPClientTests(SQLiteStore, unittest.TestCase):
             output, key, cert = await self.certmonger(daemon, challenge, "certmonger-single")
             self.assertEqual(_field(_section(output, "list"), "status"), "MONITORING", output)
             await self.assert_issued(daemon, cert, key, "certmonger-single")
-            self.assertIn(b"SCEP envelope cipher aes256, to the RA", daemon.output)
+            self.assertIn(b"envelope aes256 to the RA, transaction", daemon.output)
 
         return ensureDeferred(run())
 
@@ -432,7 +432,7 @@ class SCEPClientTests(SQLiteStore, unittest.TestCase):
             output, code, key, cert = await self.scepclient(daemon, challenge, "scepclient-single")
             self.assertEqual(code, 0, output)
             await self.assert_issued(daemon, cert, key, "scepclient-single")
-            self.assertIn(b"SCEP envelope cipher des, to the RA\n", daemon.output)
+            self.assertIn(b"envelope des to the RA, transaction", daemon.output)
 
         return ensureDeferred(run())
 
@@ -452,7 +452,7 @@ class SCEPClientTests(SQLiteStore, unittest.TestCase):
             output, code, key, cert = await self.scepclient(daemon, challenge, "scepclient-pinned", "-ca-fingerprint", fingerprint)
             self.assertEqual(code, 0, output)
             await self.assert_issued(daemon, cert, key, "scepclient-pinned")
-            self.assertIn(b", to the CA", daemon.output)
+            self.assertIn(b" to the CA, transaction", daemon.output)
 
         return ensureDeferred(run())
 

@@ -335,8 +335,24 @@ class SCEPLoadTests(SQLiteStore, unittest.TestCase):
         return ensureDeferred(run())
 
 
-class PostgreSQLSCEPLoadTests(PostgreSQLStore, SCEPLoadTests):
-    """Every SCEPLoadTests test again, the daemon on a PostgreSQL store."""
+class WorkersSCEPLoadTests(SCEPLoadTests):
+    """The same burst and the same kill against ``[server] workers = 2``: two processes, one store, one winner of every race.
+
+    The kill takes the supervisor and both workers at once, as a power cut would.
+    """
+
+    def new_daemon(self, data_dir: Path) -> Daemon:
+        config = data_dir.parent / f"{data_dir.name}-workers.conf"
+        config.write_text("[server]\nworkers = 2\n" + self.store_config(data_dir))
+        daemon = Daemon(data_dir, ["--config", str(config)], listen=LISTEN)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+
+class PostgreSQLCrashCheck:
+    """After the kill, on PostgreSQL: the killed daemon's sessions end."""
+
+    assertEqual: Any
 
     async def check_after_crash(self, location: Path | str) -> None:
         """The killed daemon's sessions end (the server saw the sockets close) and none is left holding a transaction
@@ -351,3 +367,11 @@ class PostgreSQLSCEPLoadTests(PostgreSQLStore, SCEPLoadTests):
                 break
             await deferLater(reactor, 0.1)
         self.assertEqual(left, 0)
+
+
+class PostgreSQLSCEPLoadTests(PostgreSQLCrashCheck, PostgreSQLStore, SCEPLoadTests):
+    """Every SCEPLoadTests test again, the daemon on a PostgreSQL store."""
+
+
+class PostgreSQLWorkersSCEPLoadTests(PostgreSQLCrashCheck, PostgreSQLStore, WorkersSCEPLoadTests):
+    """The workers' burst and kill on PostgreSQL: every worker has its own pool of connections to one database."""

@@ -9,14 +9,14 @@ from twisted.web.server import Request
 from otad.enrollment import Enrollment
 from otad.errors import Kind, Refused, printable
 from otad.logins import LoginGuard
-from otad.web import ASPEN_CONFIG, MethodResource, Refusal, Reply, base_url, client_address, render_async
+from otad.web import ASPEN_CONFIG, MethodResource, Refusal, Reply, base_url, client_address, is_secure, render_async
 
 
 class EnrollResource(MethodResource):
     """401 with ``WWW-Authenticate: Basic realm=...`` until the credentials check out; then a fresh Profile Service payload.
 
-    Over a plain-HTTP listener it refuses credentials (403), unless ``allow_plain_http``: a password
-    must never cross the network in clear text.
+    Over a plain-HTTP listener it refuses credentials (403), unless ``allow_plain_http`` or a trusted
+    proxy says the client used HTTPS to reach it: a password must never cross the network in clear text.
     """
 
     def __init__(self, enrollment: Enrollment, guard: LoginGuard, realm: str, public_url: str, allow_plain_http: bool) -> None:
@@ -43,7 +43,7 @@ class EnrollResource(MethodResource):
 
     def render_GET(self, request: Request) -> object:
         async def answer() -> Reply:
-            if not request.isSecure() and not self._allow_plain_http:
+            if not is_secure(request) and not self._allow_plain_http:
                 raise Refusal(403, "use https: otad accepts passwords only over TLS")
             credentials = self._decode(request)
             if credentials is None:

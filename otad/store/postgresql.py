@@ -177,6 +177,10 @@ class PostgreSQLDatabase(Database):
             # replaced instead of failing the operation.
             check=ConnectionPool.check_connection,
             name="otad-store",
+            # psycopg_pool retries a lost connection with a doubling delay; giving each attempt up
+            # after 2 s lets the next operation that waits start a fresh one (at once), so otad is
+            # back within moments of the server, however long it was away.
+            reconnect_timeout=2.0,
             open=False,
         )
         try:

@@ -196,6 +196,15 @@ class Store:
     def schema_version(self) -> int:
         return self._db.schema_version()
 
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the whole SQLite database at ``target``, while others (the daemon) go on writing:
+        SQLite's online backup copies every page inside one read transaction, a snapshot in WAL mode that holds up
+        no writer. A PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump)."""
+        copy = getattr(self._db, "backup", None)
+        if copy is None:
+            raise StoreError(f"{self.location} is a {self.engine} database: back it up with pg_dump")
+        copy(target)
+
     def upgrade(self) -> int:
         """Apply the scripts this database lacks, in one transaction; returns the version it was at."""
         with self.transaction() as db:
