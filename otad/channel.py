@@ -318,6 +318,7 @@ class OtadChannel(http.HTTPChannel):
             + b"\r\n\r\n"
             + body
         )
+        self.site.metrics.http_connections_refused.labels(status=status.split(b" ", 1)[0].decode()).inc()  # type: ignore[attr-defined]
         log.info(
             "refused a connection's request: {status} {reason}",
             status=status.decode(),

@@ -58,6 +58,19 @@ def _listen(text: str | tuple[str, ...]) -> tuple[str, ...]:
     return descriptions
 
 
+def _metrics_listen(text: str) -> tuple[str, ...]:
+    """The operator's listener: plain HTTP (tcp: or unix:), or nothing (off)."""
+    descriptions = tuple(text.split())
+    for description in descriptions:
+        try:
+            listener = listeners.parse(description)
+        except ValueError as error:
+            raise ValueError(f"{description!r}: {error}") from None
+        if listener.tls:
+            raise ValueError(f"{description!r}: the metrics listener serves plain HTTP: use tcp:PORT:interface=127.0.0.1 or unix:PATH")
+    return descriptions
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def check(text: str) -> str:
         value = text.strip()
@@ -337,7 +350,7 @@ class Config:
     max_connections_per_address: int = _setting("limits", "max_connections_per_address", _int_range(1, 1_000_000), "64")
     tls_ciphers: str = _setting("tls", "ciphers", _tls_ciphers, INTERMEDIATE_CIPHERS)
     tls_min_version: str = _setting("tls", "min_version", _choice("TLSv1.2", "TLSv1.3"), "TLSv1.2")
-    tls_key_type: str = _setting("tls", "key_type", _choice("rsa", "ecdsa"), "rsa")
+    tls_key_type: str = _setting("tls", "key_type", _choice("rsa", "ecdsa"), "ecdsa")
     tls_certificate: Path | None = _setting("tls", "certificate", _path, "")
     tls_key: Path | None = _setting("tls", "key", _path, "")
     tls_chain: Path | None = _setting("tls", "chain", _path, "")
@@ -395,6 +408,7 @@ class Config:
     ca_key_size: int = _setting("ca", "key_size", _int_in(3072, 4096), "3072")
     publish_url: str = _setting("ca", "publish_url", _public_url, "")
     crl_check: int = _setting("ca", "crl_check", parse_duration, "1m")
+    metrics_listen: tuple[str, ...] = _setting("metrics", "listen", _metrics_listen, "")
     # Empty means "<organization> otad Root CA"; load() fills it in.
     ca_common_name: str = _setting("ca", "common_name", _text, "")
     store_url: str = _setting("store", "url", _store_url, "")
@@ -422,6 +436,10 @@ class Config:
     @property
     def listeners(self) -> tuple[Listener, ...]:
         return tuple(listeners.parse(description) for description in self.listen)
+
+    @property
+    def metrics_listeners(self) -> tuple[Listener, ...]:
+        return tuple(listeners.parse(description) for description in self.metrics_listen)
 
 
 def settings_schema() -> dict[str, dict[str, Setting]]:

@@ -26,6 +26,7 @@ from otad.config import Config
 from otad.device_trust import DeviceTrust, UntrustedDevice
 from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates, Provenance
+from otad.metrics import Metrics
 from otad.pool import WorkerPool
 from otad.store import ChallengeRefused, DuplicateSerial, Store, StoreThread
 
@@ -80,8 +81,11 @@ class Enrollment:
         device_trust: DeviceTrust,
         profile_templates: Sequence[templates.Template],
         issued: IssuedCertificates,
+        *,
+        metrics: Metrics,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._issued = issued
         self._templates = tuple(profile_templates)
         self._authority = authority
@@ -97,27 +101,29 @@ class Enrollment:
 
     async def profile_service(self, user: str, base_url: str) -> bytes:
         """Phase 1: mint a one-time challenge for ``user`` and return the signed Profile Service payload."""
-        config = self._config
-        token, digest = tokens.mint()
-        now = self._clock.seconds()
+        with self._metrics.step("phase1"):
+            config = self._config
+            token, digest = tokens.mint()
+            now = self._clock.seconds()
 
-        def remember(store: Store) -> None:
-            with store.transaction():
-                store.add_challenge(digest, "enroll", user, now=now, ttl=config.challenge_ttl)
-                store.record_event(now=now, kind="enroll", outcome="challenge issued", user=user)
+            def remember(store: Store) -> None:
+                with store.transaction():
+                    store.add_challenge(digest, "enroll", user, now=now, ttl=config.challenge_ttl)
+                    store.record_event(now=now, kind="enroll", outcome="challenge issued", user=user)
 
-        await self._store.call(remember)
-        profile = payloads.profile_service_payload(
-            url=f"{base_url}/profile",
-            device_attributes=config.device_attributes,
-            challenge=token,
-            identifier=f"{config.identifier}.profile-service",
-            organization=config.organization,
-            display_name=config.display_name,
-            description=config.description,
-        )
-        log.info("issued a phase-1 challenge to {user}", user=user, phase=1, outcome="challenge issued")
-        return await self.sign(payloads.serialize(profile))
+            await self._store.call(remember)
+            self._metrics.challenges_minted.labels(kind="enroll").inc()
+            profile = payloads.profile_service_payload(
+                url=f"{base_url}/profile",
+                device_attributes=config.device_attributes,
+                challenge=token,
+                identifier=f"{config.identifier}.profile-service",
+                organization=config.organization,
+                display_name=config.display_name,
+                description=config.description,
+            )
+            log.info("issued a phase-1 challenge to {user}", user=user, phase=1, outcome="challenge issued")
+            return await self.sign(payloads.serialize(profile))
 
     async def _record_refusal(self, refused: Refused, phase: int) -> None:
         """The one place a refusal of phase 2 or 3 is written to the event log (5xx kinds as errors)."""
@@ -139,27 +145,33 @@ class Enrollment:
         payload; signed by an identity otad issued, it is phase 3.
         """
         phase = 2
-        try:
+        with self._metrics.step("phase2") as step:
             try:
-                signed = await self._crypto.run(cms.verify, body)
-            except cms.SignatureInvalid as error:
-                raise Refused(Kind.FORBIDDEN, f"the request's signature is invalid: {error}") from None
-            except cms.CMSError as error:
-                raise Refused(Kind.MALFORMED, f"not a CMS signed request: {error}") from None
-            provenance = await self._issued.lookup(signed.signer)
-            if provenance.signed_by_otad:
-                phase = 3
-                return await self._phase3(signed, provenance, base_url)
-            return await self._phase2(signed, base_url)
-        except payloads.ProfileInvalid as error:
-            # A template or setting produced something a device would refuse: never send it.
-            log.error("refusing to serve an invalid profile: {reason}", reason=str(error), phase=phase)
-            broken = Refused(Kind.BROKEN, f"otad built an invalid profile and did not send it: {error}")
-            await self._record_refusal(broken, phase)
-            raise broken from None
-        except Refused as refused:
-            await self._record_refusal(refused, phase)
-            raise
+                try:
+                    signed = await self._crypto.run(cms.verify, body)
+                except cms.SignatureInvalid as error:
+                    raise Refused(Kind.FORBIDDEN, f"the request's signature is invalid: {error}") from None
+                except cms.CMSError as error:
+                    raise Refused(Kind.MALFORMED, f"not a CMS signed request: {error}") from None
+                provenance = await self._issued.lookup(signed.signer)
+                if provenance.signed_by_otad:
+                    phase = 3
+                    step.name = "phase3"
+                    return await self._phase3(signed, provenance, base_url)
+                return await self._phase2(signed, base_url)
+            except payloads.ProfileInvalid as error:
+                # A template or setting produced something a device would refuse: never send it.
+                log.error("refusing to serve an invalid profile: {reason}", reason=str(error), phase=phase)
+                broken = Refused(Kind.BROKEN, f"otad built an invalid profile and did not send it: {error}")
+                await self._record_refusal(broken, phase)
+                raise broken from None
+            except Refused as refused:
+                await self._record_refusal(refused, phase)
+                raise
+            except RepeatRedirect:
+                # Sending a device back to /enroll is an answer, not a failure.
+                step.outcome = "redirected"
+                raise
 
     async def _phase2(self, signed: cms.Verified, base_url: str) -> bytes:
         config = self._config
@@ -185,6 +197,7 @@ class Enrollment:
         try:
             phase1 = await self._store.call(lambda store: store.find_challenge(tokens.digest(challenge), ("enroll",), now=now))
         except ChallengeRefused as error:
+            self._metrics.challenge_refused("phase2", str(error))
             raise Refused(Kind.FORBIDDEN, f"phase-1 challenge refused: {error}", udid=udid) from None
         user = phase1.bound_to
         subject = self._scep_subject(attributes, user, udid)
@@ -217,6 +230,8 @@ class Enrollment:
                 store.record_event(now=now, kind="phase 2", outcome="scep payload sent", user=phase1.bound_to, udid=udid)
 
         await self._commit_phase2(commit, udid)
+        self._metrics.challenges_used.labels(kind="enroll").inc()
+        self._metrics.challenges_minted.labels(kind="scep").inc()
         return payloads.scep_payload(
             url=config.scep_url or f"{base_url}/scep",
             ca_fingerprint=self._authority.root.cert.fingerprint(hashes.SHA1()),
@@ -233,6 +248,7 @@ class Enrollment:
         try:
             return await self._store.call(commit)
         except ChallengeRefused as error:
+            self._metrics.challenge_refused("phase2", str(error))
             raise Refused(Kind.FORBIDDEN, f"phase-1 challenge refused: {error}", udid=udid) from None
 
     async def _pkcs12_identity(
@@ -297,6 +313,8 @@ class Enrollment:
             break
         else:
             raise Refused(Kind.UNAVAILABLE, "could not draw an unused serial number; try again", udid=udid, retry_after=1)
+        self._metrics.challenges_used.labels(kind="enroll").inc()
+        self._metrics.certificates_issued.labels(method="pkcs12").inc()
         password = secrets.token_urlsafe(18)
         # PBE-SHA1-3DES with a SHA-1 MAC: the PKCS#12 flavour every iOS and macOS version
         # imports; AES/PBKDF2 PKCS#12 files are refused by older releases.
@@ -384,13 +402,15 @@ class Enrollment:
         )
         body = payloads.serialize(profile)
 
-        def commit(store: Store) -> bool:
+        def commit(store: Store) -> bool | None:
+            """True for this identity's first delivery, False for a repeat, None for a repeat sent back to /enroll."""
             # The repeat decision and the delivery record share one transaction, so two requests
             # at once cannot both count as the first delivery.
             with store.transaction():
-                if config.on_repeat == "redirect" and store.delivery_count(serial):
+                first = not store.delivery_count(serial)
+                if config.on_repeat == "redirect" and not first:
                     store.record_event(now=now, kind="phase 3", outcome="redirected", user=user, udid=udid, serial=serial)
-                    return False
+                    return None
                 if digest:
                     store.add_challenge(digest, "scep", udid, now=now, ttl=config.scep_challenge_ttl)
                 store.record_device(udid, user, known, now=now)
@@ -404,10 +424,15 @@ class Enrollment:
                     serial=serial,
                     reason=f"template {template.name}",
                 )
-                return True
+                return first
 
-        if not await self._store.call(commit):
+        first = await self._store.call(commit)
+        if first is None:
             raise RepeatRedirect("/enroll")
+        if digest:
+            self._metrics.challenges_minted.labels(kind="scep").inc()
+        if first:
+            self._metrics.enrollments_completed.inc()
         log.info(
             "phase 3: sent {template} to {udid}", template=template.name, udid=udid, serial=serial, phase=3, outcome="configuration sent"
         )

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from otad.errors import Kind, Refused, printable
+from otad.metrics import Metrics
 from otad.store import Store, StoreThread
 
 log = Logger()
@@ -45,16 +46,32 @@ class LoginPolicy:
 class LoginGuard:
     """Checks a name and password for /enroll, counting failures; raises Refused (UNAUTHENTICATED or THROTTLED)."""
 
-    def __init__(self, checker: ICredentialsChecker, store: StoreThread, clock: IReactorTime, policy: LoginPolicy) -> None:
+    def __init__(
+        self, checker: ICredentialsChecker, store: StoreThread, clock: IReactorTime, policy: LoginPolicy, *, metrics: Metrics
+    ) -> None:
+        self._metrics = metrics
         self._checker = checker
         self._store = store
         self._clock = clock
         self._policy = policy
 
     async def login(self, address: str, name: bytes, password: bytes) -> str:
-        """The user name, once the password checks out; refusals are logged and recorded as events."""
+        """The user name, once the password checks out; refusals are logged, counted and (wrong
+        passwords) recorded as events. Throttled attempts are logged but not written to the store:
+        a flood of them must cost no writes."""
+        with self._metrics.step("login") as step:
+            try:
+                return await self._login(address, name, password)
+            except Refused as refused:
+                reason = {Kind.UNAUTHENTICATED: "bad_credentials", Kind.THROTTLED: "throttled"}.get(refused.kind, "unavailable")
+                self._metrics.login_failures.labels(reason=reason).inc()
+                step.outcome = "refused" if refused.kind in (Kind.UNAUTHENTICATED, Kind.THROTTLED) else "error"
+                raise
+
+    async def _login(self, address: str, name: bytes, password: bytes) -> str:
         policy = self._policy
         user = name.decode("utf-8", "replace")
+        shown = printable(user, 64)
         now = self._clock.seconds()
         wait = await self._store.call(
             lambda store: store.login_wait(
@@ -62,11 +79,17 @@ class LoginGuard:
             )
         )
         if wait > 0:
+            log.info(
+                "login for {user} from {client} throttled: too many failures",
+                user=shown,
+                client=address,
+                outcome="refused",
+                reason="throttled",
+            )
             raise Refused(Kind.THROTTLED, "too many failed logins; try again later", retry_after=math.ceil(wait))
         try:
             await self._checker.requestAvatarId(UsernamePassword(name, password))
         except UnauthorizedLogin as refused:
-            shown = printable(user, 64)
             why = printable(str(refused)) if isinstance(refused, NotPermitted) else "bad password or unknown user"
             log.info("failed login for {user} from {client}: {reason}", user=shown, client=address, reason=why, outcome="refused")
 

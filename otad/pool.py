@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from otad.errors import Unavailable
+from otad.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -31,12 +32,20 @@ class WorkerPool(Service):
     With ``queue`` set, at most ``threads + queue`` calls are in flight; more fail at once with
     PoolFull instead of waiting in an unbounded line (a flood of logins must not queue bcrypt
     work for minutes).
+
+    With ``metrics``, the pool reports its running and waiting calls (and refusals) under its
+    name less the ``otad-`` prefix.
     """
 
-    def __init__(self, reactor: IReactorFromThreads, name: str, threads: int, queue: int | None = None) -> None:
+    def __init__(
+        self, reactor: IReactorFromThreads, name: str, threads: int, queue: int | None = None, *, metrics: Metrics | None = None
+    ) -> None:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name=name)
+        self._threads = threads
         self._capacity = None if queue is None else threads + queue
+        self._metrics = metrics
+        self._label = name.removeprefix("otad-")
         self.in_flight = 0
 
     def startService(self) -> None:
@@ -50,12 +59,19 @@ class WorkerPool(Service):
     def run(self, call: Callable[..., T], *args: Any) -> Deferred[T]:
         """``call(*args)`` on a pool thread; the Deferred fires on the reactor thread (call it from there)."""
         if self._capacity is not None and self.in_flight >= self._capacity:
+            if self._metrics is not None:
+                self._metrics.pool_refused.labels(pool=self._label).inc()
             return fail(PoolFull("too many password checks are waiting; try again in a moment", retry_after=1))
-        self.in_flight += 1
+        self._count(+1)
         running = deferToThreadPool(self._reactor, self._pool, call, *args)
 
         def done(result: T) -> T:
-            self.in_flight -= 1
+            self._count(-1)
             return result
 
         return running.addBoth(done)
+
+    def _count(self, change: int) -> None:
+        self.in_flight += change
+        if self._metrics is not None:
+            self._metrics.pool(self._label, self.in_flight, self._threads)

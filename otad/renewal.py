@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from otad import ca, tls
 from otad.certificate_rules import tls_server_problems
 from otad.listeners import Listener
+from otad.metrics import ROLES, Metrics
 from otad.pool import WorkerPool
 
 log = Logger()
@@ -107,6 +108,12 @@ def warn_apple_rules(chain: Sequence[x509.Certificate], hostname: str, now: date
         log.warn("the TLS certificate {path} will be refused by Apple devices: {problem}", path=str(path), problem=problem)
 
 
+def not_after(authority: ca.Authority) -> dict[str, float]:
+    """When each of otad's own certificates expires (Unix time), by role: the root and every leaf."""
+    certificates = {role: (authority.root if role == "root" else authority.leaf(role)).cert for role in ROLES}
+    return {role: cert.not_valid_after_utc.timestamp() for role, cert in certificates.items()}
+
+
 class CertificateKeeper(Service):
     """Runs ``check`` every ``CHECK_INTERVAL`` seconds and ``watch`` every ``watch_interval``; a failed round is
     logged and tried again next time.
@@ -130,8 +137,10 @@ class CertificateKeeper(Service):
         *,
         refresh: Refresh | None = None,
         generation: Callable[[], Deferred[int]] | None = None,
+        metrics: Metrics,
     ) -> None:
         """``after`` runs after every check that succeeded (a supervisor tells its workers to re-read certs/)."""
+        self._metrics = metrics
         self._authority = authority
         self._after = after
         self._refresh: Refresh = refresh or (lambda now, report, warn: crypto.run(load, now, report, warn))
@@ -202,6 +211,7 @@ class CertificateKeeper(Service):
         warnings: list[str] = []
         fresh = await self._refresh(now, renewals.append, warnings.append)
         self._authority.adopt(fresh)
+        self._metrics.own_certificates(not_after(fresh))
         if self._own_tls is not None:
             self._own_tls.use(fresh.tls.key, [fresh.tls.cert, *fresh.tls.chain])
         for line in renewals:

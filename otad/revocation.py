@@ -23,8 +23,9 @@ from twisted.logger import Logger
 
 from otad import crl
 from otad.ca import Authority
+from otad.metrics import REVOCATION_REASONS, Metrics
 from otad.pool import WorkerPool
-from otad.store import CRLRecord, StoreThread
+from otad.store import CRLRecord, Revocation, StoreThread
 
 log = Logger()
 
@@ -36,10 +37,25 @@ def _utc(seconds: float) -> datetime.datetime:
 
 
 class CRLPublisher(Service):
-    """Keeps the store's newest CRL current; ``check`` runs every ``interval`` seconds and after each revocation."""
+    """Keeps the store's newest CRL current; ``check`` runs every ``interval`` seconds and after each revocation.
 
-    def __init__(self, authority: Authority, store: StoreThread, crypto: WorkerPool, clock: IReactorTime, interval: float = 60) -> None:
+    Each check also counts the revocations that are new since the last one (whoever made them:
+    this otad, another one on the database, or ``otad-admin``); the first check only notes them.
+    """
+
+    def __init__(
+        self,
+        authority: Authority,
+        store: StoreThread,
+        crypto: WorkerPool,
+        clock: IReactorTime,
+        interval: float = 60,
+        *,
+        metrics: Metrics,
+    ) -> None:
         self._authority = authority
+        self._metrics = metrics
+        self._seen: set[str] | None = None
         self._store = store
         self._crypto = crypto
         self._clock = clock
@@ -75,6 +91,7 @@ class CRLPublisher(Service):
         """Sign a new CRL when the revocations changed, when there is none, or past half its validity."""
         now = self._clock.seconds()
         latest, revocations = await self._store.call(lambda store: (store.latest_crl(), store.revocations(now=now)))
+        self._count(revocations)
         newest = max((revocation.revoked for revocation in revocations), default=None)
         fresh = (
             latest is not None
@@ -83,7 +100,7 @@ class CRLPublisher(Service):
             and now < latest.this_update + (latest.next_update - latest.this_update) / 2
         )
         if fresh:
-            self._current = latest
+            self._serve(latest)
             return
         number = (latest.number if latest is not None else 0) + 1
         this_update = _utc(now)
@@ -100,10 +117,25 @@ class CRLPublisher(Service):
         added: bool = await self._store.call(lambda store: store.add_crl(record))
         if added:
             log.info("published CRL {number} with {count} revocations", number=number, count=len(revocations))
-            self._current = record
+            self._serve(record)
         else:
             # Another otad on this database published that number first: serve its CRL.
-            self._current = await self._store.call(lambda store: store.latest_crl())
+            self._serve(await self._store.call(lambda store: store.latest_crl()))
+
+    def _serve(self, record: CRLRecord | None) -> None:
+        self._current = record
+        if record is not None:
+            self._metrics.crl_next_update.set(record.next_update)
+            self._metrics.crl_entries.set(record.revocations)
+
+    def _count(self, revocations: list[Revocation]) -> None:
+        serials = {revocation.serial for revocation in revocations}
+        if self._seen is not None:
+            for revocation in revocations:
+                if revocation.serial not in self._seen:
+                    reason = revocation.reason if revocation.reason in REVOCATION_REASONS else "unspecified"
+                    self._metrics.certificates_revoked.labels(reason=reason).inc()
+        self._seen = serials
 
     def republish(self) -> Deferred[None]:
         """After a revocation: publish at once rather than at the next check (failures are logged)."""

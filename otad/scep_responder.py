@@ -22,6 +22,7 @@ from otad.ca import Authority, Identity, issue_client_certificate, serial_hex
 from otad.config import Config
 from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates
+from otad.metrics import SCEP_MESSAGE_TYPES, Metrics, Step
 from otad.pool import WorkerPool
 from otad.revocation import CRLPublisher
 from otad.store import CertificateRecord, Challenge, ChallengeRefused, DuplicateSerial, HeldRequest, Store, StoreThread
@@ -134,8 +135,11 @@ class SCEPResponder:
         clock: IReactorTime,
         issued: IssuedCertificates,
         crls: CRLPublisher | None = None,
+        *,
+        metrics: Metrics,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._issued = issued
         self._crls = crls
         self._authority = authority
@@ -165,31 +169,41 @@ class SCEPResponder:
         return [_Recipient(authority.ra, authority.ra, "RA"), root]
 
     def capabilities(self) -> bytes:
-        return "".join(f"{capability}\n" for capability in self._config.scep_capabilities).encode("ascii")
+        with self._metrics.step("scep_GetCACaps"):
+            return "".join(f"{capability}\n" for capability in self._config.scep_capabilities).encode("ascii")
 
     def ca_certificates(self) -> tuple[bytes, bytes]:
         """GetCACert's content type and body: the CA alone, or the CA with the RA certificates."""
-        if self._config.ca_cert_format == "ca-ra":
-            certs = {recipient.decrypts.cert: None for recipient in self._recipients()}
-            return CA_RA_CERT, cms.certs_only(list(certs))
-        return CA_CERT, self._authority.root.cert.public_bytes(serialization.Encoding.DER)
+        with self._metrics.step("scep_GetCACert"):
+            if self._config.ca_cert_format == "ca-ra":
+                certs = {recipient.decrypts.cert: None for recipient in self._recipients()}
+                return CA_RA_CERT, cms.certs_only(list(certs))
+            return CA_CERT, self._authority.root.cert.public_bytes(serialization.Encoding.DER)
 
     async def pki_operation(self, der: bytes, transport: str) -> bytes:
         """One PKIOperation: a DER PKIMessage in, a DER CertRep out (Refused if it can't be read at all).
 
         The crypto pool is visited twice for an enrollment (reading the request; signing the
         certificate with its CertRep) and the store twice (what it knows of the transaction and
-        challenge; the record), since each visit costs a thread hop.
+        challenge; the record), since each visit costs a thread hop. Timed as one step per
+        messageType, whose outcome is the CertRep's: ok, pending or refused.
         """
+        with self._metrics.step("scep_other") as step:
+            return await self._pki_operation(der, transport, step)
+
+    async def _pki_operation(self, der: bytes, transport: str, step: Step) -> bytes:
         try:
             read = await self._crypto.run(self._read, der)
         except scep.SCEPError as error:
             await self._event("refused", reason=f"unreadable PKIMessage: {error}")
             raise Refused(Kind.MALFORMED, f"not a SCEP PKIMessage: {error}") from None
         message = read.message
+        type_name = _type_name(message.message_type)
+        if type_name in SCEP_MESSAGE_TYPES:
+            step.name = f"scep_{type_name}"
         log.info(
             "SCEP {kind} by {transport}, digest {digest}, envelope {cipher} to the {who}, transaction {transaction}",
-            kind=_type_name(message.message_type),
+            kind=type_name,
             transport=transport,
             digest=message.digest,
             cipher=read.opened.cipher if read.opened is not None else "unreadable",
@@ -214,6 +228,7 @@ class SCEPResponder:
             await self._event("refused", transaction=message.transaction_id, reason=failure.reason)
             log.info("SCEP request refused: {reason}", reason=failure.reason, transaction=message.transaction_id, outcome="refused")
             decision = _Decision(scep.PKIStatus.FAILURE, fail_info=failure.fail_info)
+        step.outcome = {scep.PKIStatus.FAILURE: "refused", scep.PKIStatus.PENDING: "pending"}.get(decision.status, "ok")
         if decision.reply is not None:
             return decision.reply
         return await self._crypto.run(reply.build, decision)
@@ -293,13 +308,18 @@ class SCEPResponder:
         if digest is None:
             raise _Failure(scep.FailInfo.badRequest, "the CSR has no challengePassword")
         if isinstance(challenge, ChallengeRefused):
-            raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {challenge}")
+            raise self._challenge_refused(challenge)
         assert challenge is not None
         # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
         udid = challenge.bound_to
         if manual:
             return await self._hold(message, csr, digest, udid, now)
         return await self._issue(message, csr, reply, udid=udid, digest=digest, renewing=None, cipher=request_cipher)
+
+    def _challenge_refused(self, error: ChallengeRefused) -> _Failure:
+        """The one place a SCEP request's challenge refusal is counted."""
+        self._metrics.challenge_refused("scep", str(error))
+        return _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}")
 
     def _check_key(self, csr: scep.CSRInfo) -> None:
         public_key = csr.public_key
@@ -313,7 +333,7 @@ class SCEPResponder:
         """Use the challenge and keep the request for an admin, in one transaction; PENDING. The same
         request held meanwhile by a copy sent at the same time is answered as a poll, its challenge untouched."""
 
-        def hold(store: Store) -> None:
+        def hold(store: Store) -> str:
             with store.transaction():
                 challenge = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now)
                 held = store.hold_request(
@@ -327,13 +347,15 @@ class SCEPResponder:
                 if not held:
                     raise _Decided()
                 store.record_event(now=now, kind="scep", outcome="held", udid=udid, reason=f"transaction {message.transaction_id}")
+            return challenge.kind
 
         try:
-            await self._store.call(hold)
+            used = await self._store.call(hold)
         except ChallengeRefused as error:
-            raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+            raise self._challenge_refused(error) from None
         except _Decided:
             return await self._held_elsewhere(message)
+        self._metrics.challenges_used.labels(kind=used).inc()
         log.info("SCEP request {transaction} held for approval", transaction=message.transaction_id, udid=udid, outcome="pending")
         return _Decision(scep.PKIStatus.PENDING)
 
@@ -401,7 +423,7 @@ class SCEPResponder:
 
             cert, signed_reply = await self._crypto.run(sign)
             try:
-                await self._store.call(
+                used = await self._store.call(
                     partial(
                         self._record,
                         cert=cert,
@@ -419,11 +441,17 @@ class SCEPResponder:
                 continue
             except ChallengeRefused as error:
                 # Someone used the challenge while this certificate was being signed; it is never sent.
-                raise _Failure(scep.FailInfo.badRequest, f"challenge refused: {error}") from None
+                raise self._challenge_refused(error) from None
             except _Decided:
                 # Another poll (on this otad or another) issued the approved request first: this
                 # certificate was never recorded and is never sent; the client gets that one.
                 return await self._held_elsewhere(message, reply)
+            if used is not None:
+                self._metrics.challenges_used.labels(kind=used).inc()
+            if renewing is not None:
+                self._metrics.certificates_renewed.inc()
+            else:
+                self._metrics.certificates_issued.labels(method="scep").inc()
             if renewing is not None and self._config.revoke_on_renew and self._crls is not None:
                 self._crls.republish()
             log.info(
@@ -450,13 +478,16 @@ class SCEPResponder:
         renewing: CertificateRecord | None,
         held: HeldRequest | None,
         revoke_replaced: bool,
-    ) -> None:
+    ) -> str | None:
         """Use the challenge and record the certificate in one transaction (runs on the store thread);
-        with ``revoke_replaced`` a renewal also revokes the certificate it replaces, as superseded."""
+        with ``revoke_replaced`` a renewal also revokes the certificate it replaces, as superseded.
+        Returns the kind of the challenge it used, if it used one."""
+        used = None
         with store.transaction():
             challenge_id = held.challenge_id if held is not None else None
             if digest is not None:
-                challenge_id = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now).id
+                challenge = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now)
+                challenge_id, used = challenge.id, challenge.kind
             serial = serial_hex(cert.serial_number)
             store.add_certificate(
                 serial=serial,
@@ -486,6 +517,7 @@ class SCEPResponder:
                     # committed first (on any otad): one certificate is replaced once.
                     raise _Failure(scep.FailInfo.badRequest, f"certificate {renewing.serial} was revoked while it was being renewed")
                 store.record_event(now=now, kind="certificate", outcome="revoked", serial=renewing.serial, reason="superseded")
+        return used
 
     async def _renewal_source(self, message: scep.PKIMessage) -> CertificateRecord | None:
         """The valid, unrevoked otad certificate that signed this request, if any: then no challenge is needed."""

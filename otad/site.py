@@ -1,7 +1,9 @@
-"""The production resource tree: every URL, and the services behind it, built in one place.
+"""The production resource trees, built in one place: every URL devices reach and the services
+behind it (``build_site``), and the operator's metrics and health checks (``build_operator_site``).
 
-The daemon (``otad.tap``) and the in-memory tests build the site here, so the tests drive the
-same tree, resources and services that devices reach.
+The daemon (``otad.tap``) and the in-memory tests build the sites here, so the tests drive the
+same tree, resources and services that devices and operators reach. Either function may be
+served by any otad process (each process has its own ``Metrics`` and ``Readiness``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from otad.device_trust import DeviceTrust
 from otad.directory import DirectoryChecker
 from otad.enrollment import Enrollment
 from otad.forwarded import TrustedProxies
+from otad.health import Readiness
 from otad.issued import IssuedCertificates
 from otad.logins import LoginGuard, LoginPolicy
+from otad.metrics import Metrics
 from otad.ocsp import OCSPResponder
 from otad.pool import WorkerPool
 from otad.resources.ca import RootCertificate
 from otad.resources.enroll import EnrollResource
+from otad.resources.operator import Liveness, MetricsPage, ReadinessPage
 from otad.resources.profile import ProfileRequest
 from otad.resources.revocation import CRLResource, OCSPResource
 from otad.resources.root import Root
@@ -37,7 +42,7 @@ from otad.scep_responder import SCEPResponder
 from otad.store import StoreThread
 from otad.templates import Template
 from otad.users import HtpasswdChecker
-from otad.web import OtadSite
+from otad.web import OperatorSite, OtadSite
 
 
 def password_checker(settings: Config, run_auth: Callable[..., Deferred[Any]], reactor: Any) -> ICredentialsChecker:
@@ -58,6 +63,8 @@ def build_site(
     profile_templates: Sequence[Template],
     crls: CRLPublisher,
     network: Any = None,
+    *,
+    metrics: Metrics,
 ) -> OtadSite:
     """``/``, ``/CA``, ``/enroll``, ``/profile``, ``/scep``, ``/crl`` and ``/ocsp`` over the given store, pools and clock.
 
@@ -65,17 +72,19 @@ def build_site(
     by default ``clock``, which in the daemon is the reactor.
     """
     issued = IssuedCertificates(authority, store)
-    enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued)
+    enrollment = Enrollment(settings, authority, store, crypto, clock, device_trust, profile_templates, issued, metrics=metrics)
     checker = password_checker(settings, run_auth, network or clock)
     policy = LoginPolicy(settings.failures_per_address, settings.failures_per_user, settings.failure_window)
-    guard = LoginGuard(checker, store, clock, policy)
+    guard = LoginGuard(checker, store, clock, policy, metrics=metrics)
     root = Root(
         {
             b"": WelcomePage(settings.organization, settings.display_name),
             b"CA": RootCertificate(authority.root.cert.public_bytes(serialization.Encoding.DER)),
-            b"enroll": EnrollResource(enrollment, guard, settings.realm, settings.public_url, settings.allow_plain_http_login),
+            b"enroll": EnrollResource(
+                enrollment, guard, settings.realm, settings.public_url, settings.allow_plain_http_login, metrics=metrics
+            ),
             b"profile": ProfileRequest(enrollment, settings.public_url),
-            b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued, crls)),
+            b"scep": SCEPResource(SCEPResponder(settings, authority, store, crypto, clock, issued, crls, metrics=metrics)),
             b"crl": CRLResource(crls),
             b"ocsp": OCSPResource(OCSPResponder(authority, store, crypto, clock)),
         }
@@ -89,4 +98,20 @@ def build_site(
         max_connections=settings.max_connections,
         max_connections_per_address=settings.max_connections_per_address,
     )
-    return OtadSite(root, limits, TrustedProxies(settings.trusted_proxies, settings.proxy_headers), reactor=clock)
+    return OtadSite(root, limits, TrustedProxies(settings.trusted_proxies, settings.proxy_headers), metrics=metrics, reactor=clock)
+
+
+# The operator's listener serves small answers to a few scrapers and probes.
+OPERATOR_LIMITS = Limits(max_body=1024, max_connections=64, max_connections_per_address=16)
+
+
+def build_operator_site(metrics: Metrics, readiness: Readiness, run_render: Callable[..., Deferred[Any]], clock: IReactorTime) -> OtadSite:
+    """``/metrics``, ``/healthz`` and ``/readyz``; ``run_render`` runs the exposition off the reactor thread."""
+    root = Root(
+        {
+            b"metrics": MetricsPage(metrics, run_render),
+            b"healthz": Liveness(),
+            b"readyz": ReadinessPage(readiness),
+        }
+    )
+    return OperatorSite(root, OPERATOR_LIMITS, metrics=metrics, reactor=clock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -24,7 +25,6 @@ from twisted.logger import (
     Logger,
     PredicateResult,
     globalLogPublisher,
-    jsonFileLogObserver,
 )
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -37,11 +37,14 @@ from otad.ca_sharing import synchronise
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.directory import DirectoryDown, check_start
 from otad.files import check_writer, make_directory
+from otad.health import Readiness, ReadinessGauge
+from otad.jsonlog import JSONLinesObserver
 from otad.listeners import Listener
+from otad.metrics import MULTIPROCESS_VARIABLE, Metrics, MetricsError, ReactorLag, process_ended
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, Refresh, TLSFiles, open_operator_tls, warn_apple_rules
+from otad.renewal import CertificateKeeper, OperatorTLS, Refresh, TLSFiles, not_after, open_operator_tls, warn_apple_rules
 from otad.revocation import CRLPublisher
-from otad.site import build_site
+from otad.site import build_operator_site, build_site
 from otad.store import Store, StoreThread, is_postgresql, open_database
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.tls import ServerTLS, TLSPolicy
@@ -104,7 +107,7 @@ def _without_first_password(event: LogEvent) -> PredicateResult:
 
 
 class JSONLogService(Service):
-    """Writes every log event as one JSON object per line to ``[server] json_log``, while running."""
+    """Writes every log event as one JSON object per line to ``[server] json_log`` (see otad.jsonlog), while running."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -114,11 +117,9 @@ class JSONLogService(Service):
     def startService(self) -> None:
         super().startService()
         self._file = open(self._path, "a", encoding="utf-8")
-        # The first-start password is shown once on the console, never kept in a log file.
-        self._observer = FilteringLogObserver(
-            jsonFileLogObserver(self._file, recordSeparator=""),
-            [_without_first_password],
-        )
+        # The first-start password is shown once on the console, never kept in a log file (and
+        # the allow-list of fields would keep it out of the line's fields anyway).
+        self._observer = FilteringLogObserver(JSONLinesObserver(self._file), [_without_first_password])
         globalLogPublisher.addObserver(self._observer)
 
     def stopService(self) -> None:
@@ -131,6 +132,26 @@ class JSONLogService(Service):
 
 # Challenges are kept a day past expiry (so refusals can still say "expired"), then purged.
 PURGE_INTERVAL = 3600
+
+
+def purge(store: StoreThread, metrics: Metrics, *, since: float, now: float, window: float) -> Deferred[None]:
+    """The hourly clean-up: count the challenges that expired unused since the last one, then forget old
+    challenges and login failures."""
+
+    def clean(db: Store) -> tuple[dict[str, int], int]:
+        # Counted here, when they expire: a challenge is purged only a day after that.
+        expired = db.expired_unused(since=since, until=now)
+        db.purge_login_failures(now=now, window=window)
+        return expired, db.purge_challenges(now=now)
+
+    def cleaned(result: tuple[dict[str, int], int]) -> None:
+        expired, count = result
+        for kind, unused in expired.items():
+            metrics.challenges_expired.labels(kind=kind).inc(unused)
+        if count:
+            log.info("purged {count} expired challenges", count=count)
+
+    return store.call(clean).addCallback(cleaned)
 
 
 def load_profile_templates(directory: Path | None) -> list[Template]:
@@ -189,19 +210,29 @@ class OtadService(MultiService):
         self._worker = worker
         self.supervisor: Supervisor | None = None
         self.site: OtadSite | None = None
-        self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads)
+        self.metrics = metrics = Metrics()
+        self.crypto = WorkerPool(reactor, "otad-crypto", settings.crypto_threads, metrics=metrics)
         self.crypto.setServiceParent(self)
-        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue)
+        self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue, metrics=metrics)
         self.auth.setServiceParent(self)
         location, connections = settings.store_location, settings.store_connections
         # Several instances on one PostgreSQL database share its CA too (otad.ca_sharing).
         self.shared = is_postgresql(location)
         threads = connections if self.shared else 1
-        self.store = StoreThread(reactor, lambda: open_database(location, connections=connections), threads)
+        self.store = StoreThread(reactor, lambda: open_database(location, connections=connections), threads, metrics=metrics)
         self.store.setServiceParent(self)
+        self.readiness = Readiness(self.store, reactor)
+        self.ready_gauge = ReadinessGauge(self.readiness, metrics, reactor)
+        self.ready_gauge.setServiceParent(self)
+        # Scrapes render off the reactor thread, and never wait behind enrollment work.
+        self.render = WorkerPool(reactor, "otad-metrics", 1)
+        self.render.setServiceParent(self)
+        ReactorLag(metrics, reactor).setServiceParent(self)
         if settings.json_log is not None:
             JSONLogService(settings.json_log).setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        self.operator_ports: list[IListeningPort] = []
+        self._last_purge = 0.0
         self.authority: Authority | None = None
         self.keeper: CertificateKeeper | None = None
         self.ready: Deferred[None] | None = None
@@ -283,6 +314,9 @@ class OtadService(MultiService):
         worker = self._worker
         if worker is None:
             log.info("otad {version} starting in {data_dir}", version=__version__, data_dir=str(settings.data_dir))
+        # First, so that /healthz answers and /readyz says "starting" while the keys are made.
+        await self._listen_operator()
+        if worker is None:
             await self.crypto.run(prepare_data_dir, settings.data_dir)
         if settings.auth_backend == "ldap":
             try:
@@ -304,7 +338,8 @@ class OtadService(MultiService):
         if not self._keeps_shared_ca:
             await self.store.open()
         self.authority = authority
-        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check)
+        self.metrics.own_certificates(not_after(authority))
+        crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check, metrics=self.metrics)
         await crls.check()
         if self._supervising:
             urls, own_tls, operators = await self._supervise()
@@ -322,6 +357,7 @@ class OtadService(MultiService):
                 DeviceTrust(settings.device_policy, anchors),
                 profile_templates,
                 crls,
+                metrics=self.metrics,
             )
             urls, own_tls, operators = await self._listen(self.site, authority, now)
         if authority.publication.base is None:
@@ -337,14 +373,18 @@ class OtadService(MultiService):
             after=self._pass_on_reload if self._supervising else None,
             refresh=self._refresher(create=False, renew=worker is None),
             generation=(lambda: self.store.call(lambda store: store.ca_generation())) if self._keeps_shared_ca else None,
+            metrics=self.metrics,
         )
         self.keeper = keeper
         signal.signal(signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reload))
         if worker is not None:
             # A worker re-reads certs/ on SIGHUP only; its supervisor runs the daily check.
+            self.readiness.ready()
+            self.ready_gauge.check()
             os.write(STATUS_FD, b"ready\n")
             return
         keeper.setServiceParent(self)
+        self._last_purge = self._reactor.seconds()
         TimerService(PURGE_INTERVAL, self._purge).setServiceParent(self)
         if settings.auth_backend == "ldap":
             # Users live in the directory: no users file, no first user.
@@ -355,6 +395,8 @@ class OtadService(MultiService):
             self._announce_first_password(first, urls)
         for url in urls:
             log.info("otad listening on {url}/", url=url)
+        self.readiness.ready()
+        self.ready_gauge.check()
         systemd.notify("READY=1\nSTATUS=listening on " + " ".join(urls))
 
     async def _supervise(self) -> tuple[list[str], None, list[OperatorTLS]]:
@@ -362,18 +404,25 @@ class OtadService(MultiService):
         settings = self.settings
         urls = []
         for listener in settings.listeners:
-            # The supervisor accepts nothing: a placeholder factory, quiet in the log.
-            placeholder = ServerFactory()
-            placeholder.noisy = False
-            port = await self._bind(listener, placeholder)
+            port = await self._bind(listener, _placeholder())
             urls.append(self._url(listener, port))
         sockets = inherited_sockets(self.ports)
+        metrics_sockets = inherited_sockets(self.operator_ports)
+        environment: dict[str, str] = {}
+        metrics_directory: Path | None = None
+        if metrics_sockets:
+            # The workers keep their metrics in files here, and whichever answers a scrape reads them all.
+            metrics_directory = settings.data_dir / "metrics"
+            await self.crypto.run(fresh_directory, metrics_directory)
+            environment[MULTIPROCESS_VARIABLE] = str(metrics_directory)
         config, overrides = self._source
         self.supervisor = Supervisor(
             self._reactor,
             settings.workers,
-            lambda index: WorkerSpec(index, config, overrides, sockets),
+            lambda index: WorkerSpec(index, config, overrides, sockets, metrics_sockets),
             settings.drain_timeout,
+            environment=environment,
+            on_end=(lambda pid: process_ended(pid, metrics_directory)) if metrics_directory is not None else None,
         )
         await self.supervisor.start()
         log.info("{count} workers serving", count=settings.workers)
@@ -422,6 +471,36 @@ class OtadService(MultiService):
                 if self._worker is None:
                     warn_apple_rules(operator.server.chain, settings.hostname, now, files.certificate)
         return operators
+
+    async def _listen_operator(self) -> None:
+        """Bind ``[metrics] listen``: /metrics, /healthz and /readyz for the operator, never for devices."""
+        listeners = self.settings.metrics_listeners
+        if not listeners:
+            return
+        site = build_operator_site(self.metrics, self.readiness, self.render.run, self._reactor)
+        for index, listener in enumerate(listeners):
+            if self._worker is not None:
+                # The supervisor bound it; any worker answers, with every worker's metrics.
+                inherited = self._worker.metrics_sockets[index]
+                self.operator_ports.append(self._reactor.adoptStreamPort(inherited.fd, inherited.family, site))
+                os.close(inherited.fd)
+                continue
+            try:
+                port = await listener.endpoint(self._reactor).listen(site if not self._supervising else _placeholder())
+            except CannotListenError as error:
+                cause = error.socketError
+                raise StartError(f"cannot listen on {listener.description}: {getattr(cause, 'strerror', None) or cause}") from None
+            self.operator_ports.append(port)
+            address = port.getHost()
+            host, number = getattr(address, "host", None), getattr(address, "port", None)
+            where = f"http://{'[' + host + ']' if host and ':' in host else host}:{number}" if number is not None else listener.description
+            if host in ("0.0.0.0", "::"):
+                log.warn(
+                    "the metrics listener {description} accepts connections on every interface: add interface=127.0.0.1 "
+                    "unless devices cannot reach this port",
+                    description=listener.description,
+                )
+            log.info("otad metrics and health checks on {where} (/metrics, /healthz, /readyz)", where=where)
 
     async def _listen(
         self, site: OtadSite, authority: Authority, now: datetime.datetime
@@ -502,14 +581,8 @@ class OtadService(MultiService):
 
     def _purge(self) -> Deferred[object]:
         now = self._reactor.seconds()
-        window = self.settings.failure_window
-
-        def purge(store: Store) -> int:
-            store.purge_login_failures(now=now, window=window)
-            return store.purge_challenges(now=now)
-
-        purging = self.store.call(purge)
-        purging.addCallback(lambda count: log.info("purged {count} expired challenges", count=count) if count else None)
+        since, self._last_purge = self._last_purge, now
+        purging = purge(self.store, self.metrics, since=since, now=now, window=self.settings.failure_window)
         # Never let a failure reach TimerService, which would stop purging for good.
         return purging.addErrback(lambda failure: log.failure("purging expired challenges failed", failure=failure))
 
@@ -533,13 +606,43 @@ class OtadService(MultiService):
     def stopService(self) -> Deferred[None]:
         if self._worker is None:
             systemd.notify("STOPPING=1")
+        self.readiness.stopping()
+        self.metrics.ready.set(0)
         stopping = ensureDeferred(self._drain())
+        stopping.addCallback(lambda _: ensureDeferred(self._stop_operator()))
         stopping.addCallback(lambda _: MultiService.stopService(self))
         return stopping
+
+    async def _stop_operator(self) -> None:
+        """After the device listeners: until they are closed, /readyz answers "stopping" rather than
+        refusing the connection; before the pools stop, which /metrics needs."""
+        ports, self.operator_ports = self.operator_ports, []
+        for port in ports:
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
+
+
+def _placeholder() -> ServerFactory:
+    """For a socket the supervisor binds and its workers serve: it accepts nothing, and is quiet in the log."""
+    factory = ServerFactory()
+    factory.noisy = False
+    return factory
+
+
+def fresh_directory(path: Path) -> None:
+    """An empty directory at ``path`` (blocking): Prometheus's multiprocess files must not outlive a run."""
+    if path.exists():
+        shutil.rmtree(path)
+    make_directory(path)
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     os.umask(0o077)
-    return OtadService(options["settings"], reactor, source=(options["config"], options["overrides"]))
+    try:
+        return OtadService(options["settings"], reactor, source=(options["config"], options["overrides"]))
+    except MetricsError as error:
+        print(f"otad cannot start: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

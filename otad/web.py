@@ -24,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from otad.channel import ConnectionCounter, Limits, OpenChannels, OtadChannel
 from otad.errors import Kind, Refused, one_line, printable
 from otad.forwarded import HOST, ForwardedError, Origin, TrustedProxies
+from otad.metrics import Metrics
 
 log = Logger()
 
@@ -83,7 +84,8 @@ def refuse(request: Request, refusal: Refusal | Refused) -> bytes:
     """Write a refusal's status and headers, note it for the request log, and return its body."""
     if isinstance(refusal, Refused):
         refusal = as_refusal(refusal)
-    request.otad_outcome = f"{'error' if refusal.code >= 500 else 'refused'}: {refusal.reason}"  # type: ignore[attr-defined]
+    request.otad_outcome = "error" if refusal.code >= 500 else "refused"  # type: ignore[attr-defined]
+    request.otad_reason = refusal.reason  # type: ignore[attr-defined]
     return _plain(request, refusal.code, refusal.reason, refusal.headers)
 
 
@@ -190,6 +192,7 @@ class OtadRequest(Request):
         self.otad_outcome = "ok"
         # Set once the headers are in (process): the client and URL as the trusted proxies tell them.
         self.otad_origin: Origin | None = None
+        self.otad_reason: str | None = None
         self._body_size = 0
         self._too_large = False
 
@@ -238,16 +241,21 @@ class OtadRequest(Request):
 
 
 class OtadSite(Site):
-    """The site: OtadChannels under ``limits``, OtadRequests with the body cap, and a structured event per request.
+    """The site: OtadChannels under ``limits``, OtadRequests with the body cap, and a structured event
+    and a count per request.
 
     Twisted's own idle timeout is off (``timeout=None``): each line a slow client sends would
     restart it; OtadChannel's limits replace it. Form bodies are never parsed: otad reads no forms.
+    Requests are counted by route: the first path segment when the root has a child of that name
+    (``/enroll``, ``/scep``...), else ``other``, so no client can invent a label.
     """
 
     requestFactory = OtadRequest
     protocol = OtadChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: Resource, limits: Limits | None = None, proxies: TrustedProxies | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, resource: Resource, limits: Limits | None = None, proxies: TrustedProxies | None = None, *, metrics: Metrics, **kwargs: Any
+    ) -> None:
         super().__init__(resource, timeout=None, parsePOSTFormSubmission=False, **kwargs)
         self.limits = limits or Limits()
         self.max_body = self.limits.max_body
@@ -256,15 +264,26 @@ class OtadSite(Site):
         self.connections = ConnectionCounter(self.limits, exempt=self.proxies.trusts)
         self.open_channels = OpenChannels()
         self.displayTracebacks = False
+        self.metrics = metrics
+        self._routes = {name: "/" + name.decode("ascii") for name in getattr(resource, "children", {})}
+
+    def route(self, request: http.Request) -> str:
+        segments = request.path.split(b"/", 2)
+        return self._routes.get(segments[1] if len(segments) > 1 else b"", "other")
 
     def log(self, request: http.Request) -> None:
         user = getattr(request, "otad_user", None)
+        outcome = getattr(request, "otad_outcome", "ok")
+        reason = getattr(request, "otad_reason", None)
+        self.metrics.request(self.route(request), request.code, outcome)
         log.info(
-            "{method} {path} {code} {outcome} user={user} client={client} {ms}ms",
+            "{method} {path} {status} {outcome}{because} user={user} from {client} {ms}ms",
             method=printable(request.method.decode("latin-1"), 16),
             path=printable(request.path.decode("latin-1"), 200),
-            code=request.code,
-            outcome=printable(getattr(request, "otad_outcome", "ok")),
+            status=request.code,
+            outcome=printable(outcome),
+            because=f" ({reason})" if reason else "",
+            reason=reason,
             user=printable(user, 64) if user is not None else None,
             ms=round((time.monotonic() - getattr(request, "otad_started", time.monotonic())) * 1000, 1),
             client=client_address(request),
@@ -278,6 +297,23 @@ def origin(request: http.Request) -> Origin:
     if found is not None:
         return found
     return Origin(str(getattr(request.getClientAddress(), "host", None) or "local"), request.isSecure())
+
+
+class OperatorSite(OtadSite):
+    """The operator's listener (metrics and health): its requests are not device traffic, so they are
+    not counted, and only those that fail are logged (a scrape every few seconds would drown the log)."""
+
+    def log(self, request: http.Request) -> None:
+        if request.code >= 400:
+            log.info(
+                "{method} {path} {status} {outcome} from {client}",
+                method=printable(request.method.decode("latin-1"), 16),
+                path=printable(request.path.decode("latin-1"), 200),
+                status=request.code,
+                outcome=printable(getattr(request, "otad_outcome", "ok")),
+                reason=getattr(request, "otad_reason", None),
+                client=client_address(request),
+            )
 
 
 def client_address(request: http.Request) -> str:

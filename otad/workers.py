@@ -58,6 +58,8 @@ class WorkerSpec:
     config: str | None
     overrides: dict[str, Any]
     sockets: list[InheritedSocket] = field(default_factory=list)
+    # [metrics] listen: served by the workers too, from the metrics of all of them.
+    metrics_sockets: list[InheritedSocket] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -65,7 +67,13 @@ class WorkerSpec:
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         data = json.loads(text)
-        return cls(data["index"], data["config"], data["overrides"], [InheritedSocket(**entry) for entry in data["sockets"]])
+        return cls(
+            data["index"],
+            data["config"],
+            data["overrides"],
+            [InheritedSocket(**entry) for entry in data["sockets"]],
+            [InheritedSocket(**entry) for entry in data["metrics_sockets"]],
+        )
 
 
 def worker_command(spec: WorkerSpec) -> list[str]:
@@ -94,6 +102,8 @@ class _Worker(ProcessProtocol):
         self.ready: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self._status = b""
+        # Kept: the transport forgets the pid once the process is reaped.
+        self.pid: int | None = None
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD != STATUS_FD:
@@ -109,12 +119,8 @@ class _Worker(ProcessProtocol):
         self.ended.callback(None)
         self.supervisor.ended(self, how)
 
-    @property
-    def pid(self) -> int | None:
-        return self.transport.pid if self.transport is not None else None
-
     def signal(self, name: str) -> None:
-        if self.transport is not None and self.pid is not None:
+        if self.transport is not None and not self.ended.called:
             self.transport.signalProcess(name)
 
 
@@ -128,8 +134,14 @@ class Supervisor:
         spec: Callable[[int], WorkerSpec],
         drain_timeout: float,
         command: Callable[[WorkerSpec], list[str]] = worker_command,
+        *,
+        environment: dict[str, str] | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> None:
+        """``environment`` adds variables for the workers; ``on_end`` hears the pid of each worker that ends."""
         self._reactor = reactor
+        self._environment = environment or {}
+        self._on_end = on_end
         self._count = count
         self._spec = spec
         self._drain_timeout = drain_timeout
@@ -163,10 +175,11 @@ class Supervisor:
         worker = _Worker(self, index, self._reactor.seconds())
         # Logs go where the supervisor's go; the sockets keep their numbers.
         child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, STATUS_FD: "r", PARENT_FD: "w"}
-        for inherited in spec.sockets:
+        for inherited in (*spec.sockets, *spec.metrics_sockets):
             child_fds[inherited.fd] = inherited.fd
         command = self._command(spec)
-        self._reactor.spawnProcess(worker, command[0], command, env=os.environ.copy(), childFDs=child_fds)
+        process = self._reactor.spawnProcess(worker, command[0], command, env={**os.environ, **self._environment}, childFDs=child_fds)
+        worker.pid = process.pid
         self._workers[index] = worker
         log.info("started worker {index} (pid {pid})", index=index, pid=worker.pid)
         return worker
@@ -174,6 +187,8 @@ class Supervisor:
     def ended(self, worker: _Worker, how: str) -> None:
         if self._workers.get(worker.index) is worker:
             del self._workers[worker.index]
+        if self._on_end is not None and worker.pid is not None:
+            self._on_end(worker.pid)
         if self._stopping:
             log.info("worker {index} {how}", index=worker.index, how=how)
             return

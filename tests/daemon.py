@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"otad listening on (https?)://[^:]+:(\d+)/")
 _PASSWORD = re.compile(rb"user 'apple' and password (\S+);")
 _WORKER = re.compile(rb"started worker (\d+) \(pid (\d+)\)")
+_METRICS = re.compile(rb"otad metrics and health checks on http://[^ ]+:(\d+) ")
 
 
 class DaemonExited(Exception):
@@ -49,6 +50,8 @@ class Daemon(ProcessProtocol):
         self.output = b""
         self.errors = b""
         self.port = 0
+        self.metrics_port = 0
+        self._metrics: Deferred[int] = Deferred()
         self._listening: Deferred[int] = Deferred()
         self._exited: Deferred[int | None] = Deferred()
         self.exit_code: int | None = None
@@ -63,6 +66,10 @@ class Daemon(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        metrics = _METRICS.search(self.output)
+        if metrics and not self._metrics.called:
+            self.metrics_port = int(metrics.group(1))
+            self._metrics.callback(self.metrics_port)
         match = _LISTENING.search(self.output)
         if match and not self._listening.called:
             self.port = int(match.group(2))
@@ -99,7 +106,22 @@ class Daemon(ProcessProtocol):
         self.exit_code = reason.value.exitCode if reason.check(ProcessDone, ProcessTerminated) else None
         if not self._listening.called:
             self._listening.errback(DaemonExited(self.output.decode("utf-8", "replace")))
+        if not self._metrics.called:
+            # A waiter gets the failure; without one (no metrics listener), it is dropped here.
+            self._metrics.errback(DaemonExited(self.output.decode("utf-8", "replace")))
+            self._metrics.addErrback(lambda failure: None)
         self._exited.callback(self.exit_code)
+
+    def metrics_listening(self) -> Deferred[int]:
+        """Fires with the port of ``[metrics] listen`` (configured as tcp:0:interface=127.0.0.1) once it listens."""
+        return self._metrics
+
+    def metrics_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def operator_client(self) -> treq.client.HTTPClient:
+        """A plain-HTTP client for the metrics listener that keeps no connection open after an answer."""
+        return treq.client.HTTPClient(Agent(global_reactor))
 
     @property
     def first_password(self) -> str | None:

@@ -2628,15 +2628,14 @@ def json_failures(text: str) -> list[str | None]:
                 events.append({})
     clients: list[str | None] = []
     for index, event in enumerate(events):
-        if "log_failure" not in event and not event.get("failure"):
+        if "traceback" not in event:
             continue
-        system = str(event.get("log_system") or event.get("system") or "")
-        match = _SYSTEM_CLIENT.search(system)
+        match = _SYSTEM_CLIENT.search(str(event.get("system") or ""))
         client = match.group(1) if match else None
-        if client is None and index + 1 < len(events) and "unexpected error" in str(event.get("log_format", "")):
+        if client is None and index + 1 < len(events) and str(event.get("message", "")).startswith("unexpected error"):
             following = events[index + 1]
             same_path = _SAFE_PATH.sub("?", str(event.get("path", "")))[:200] == following.get("path")
-            if following.get("log_namespace") == "otad.web" and same_path and int(following.get("code") or 0) >= 500:
+            if following.get("logger") == "otad.web" and same_path and int(following.get("status") or 0) >= 500:
                 client = following.get("client")
         clients.append(client)
     return clients

@@ -15,6 +15,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from otad.ca import Authority, bootstrap
+from otad.metrics import Metrics
 from otad.pool import WorkerPool
 from otad.store import StoreThread, open_database
 
@@ -34,8 +35,8 @@ class InlineStoreThread(StoreThread):
 
     run = InlinePool.run  # type: ignore[assignment]
 
-    def __init__(self, location: Path | str) -> None:
-        super().__init__(None, lambda: open_database(location, connections=2))  # type: ignore[arg-type]
+    def __init__(self, location: Path | str, metrics: Metrics | None = None) -> None:
+        super().__init__(None, lambda: open_database(location, connections=2), metrics=metrics)  # type: ignore[arg-type]
         self.open()
 
     def close(self) -> None:
@@ -60,6 +61,16 @@ def authority() -> Authority:
     )
 
 
+def _through(site: Any) -> Any:
+    """A StubTreq whose requests reach ``site`` itself (its channel, request class and request log), not
+    only its resource tree, as they would over a socket."""
+    from treq.testing import StubTreq
+
+    stub = StubTreq(site.resource)
+    stub._agent._serverFactory = site
+    return stub
+
+
 class MemorySite:
     """The production site (``otad.site.build_site``) over a temporary data directory, driven in memory by
     StubTreq, with inline pools and a fake clock."""
@@ -80,13 +91,14 @@ class MemorySite:
         location than the directory's SQLite file (a PostgreSQL database, another instance's file)."""
         import dataclasses
 
-        from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
         from otad import config, users
         from otad.device_trust import DeviceTrust
+        from otad.health import Readiness
+        from otad.metrics import Metrics
         from otad.revocation import CRLPublisher
-        from otad.site import build_site
+        from otad.site import build_operator_site, build_site
         from otad.tap import load_profile_templates
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -94,10 +106,11 @@ class MemorySite:
         users.set_password(self.settings.htpasswd, b"alice", b"correct horse", rounds=4)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.store = InlineStoreThread(store if store is not None else self.settings.store_location)
+        self.metrics = Metrics()
+        self.store = InlineStoreThread(store if store is not None else self.settings.store_location, metrics=self.metrics)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
-        self.crls = CRLPublisher(self.authority, self.store, pool, self.clock)
+        self.crls = CRLPublisher(self.authority, self.store, pool, self.clock, metrics=self.metrics)
         self.site = build_site(
             self.settings,
             self.authority,
@@ -109,8 +122,13 @@ class MemorySite:
             load_profile_templates(self.settings.templates),
             self.crls,
             network,
+            metrics=self.metrics,
         )
-        self.treq = StubTreq(self.site.resource)
+        self.treq = _through(self.site)
+        # The operator's listener (/metrics, /healthz, /readyz), over the same store and metrics.
+        self.readiness = Readiness(self.store, self.clock)
+        self.operator = build_operator_site(self.metrics, self.readiness, pool.run, self.clock)
+        self.operator_treq = _through(self.operator)
 
     def close(self) -> None:
         self.store.close()
@@ -138,6 +156,12 @@ class MemorySite:
         status, *lines = head.split(b"\r\n")
         headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
         return int(status.split()[1]), headers, body
+
+    async def fetch_operator(self, path: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        """One GET on the operator's listener."""
+        response = await self.operator_treq.request("GET", "http://127.0.0.1:9464" + path, **kwargs)
+        body = await response.content()
+        return response.code, {name.lower(): values for name, values in response.headers.getAllRawHeaders()}, body
 
     def events(self) -> list[Any]:
         result: list[Any] = []

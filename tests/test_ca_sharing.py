@@ -22,6 +22,7 @@ from twisted.trial import unittest
 
 from otad import ca, renewal, tls
 from otad.ca_sharing import synchronise
+from otad.metrics import Metrics
 from otad.store import Store
 from tests import postgres
 from tests.daemon import Daemon
@@ -153,7 +154,7 @@ class CASharingTests(unittest.TestCase):
 
         keeper = renewal.CertificateKeeper(
             authority_, load, served, [], "localhost", InlinePool(None, "inline", 1), clock,  # type: ignore[arg-type]
-            refresh=refresh, generation=lambda: store.call(lambda s: s.ca_generation()),
+            refresh=refresh, generation=lambda: store.call(lambda s: s.ca_generation()), metrics=Metrics(),
         )  # fmt: skip
         keeper.startService()
         self.addCleanup(keeper.stopService)

@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from otad.channel import ABORT_AFTER, Limits
+from otad.metrics import Metrics
 from otad.web import MethodResource, OtadSite, Reply, render_async
 
 LIMITS = Limits(
@@ -35,7 +36,7 @@ class ChannelTests(unittest.TestCase):
         root = Resource()
         root.putChild(b"echo", Echo())
         self.clock = Clock()
-        self.site = OtadSite(root, LIMITS, reactor=self.clock)
+        self.site = OtadSite(root, LIMITS, metrics=Metrics(), reactor=self.clock)
 
     def connect(self, host: str = "192.0.2.1") -> tuple[object, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", host, 1234))

@@ -96,6 +96,25 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(key, str(error))
             self.assertNotIn("\n", str(error))
 
+    def test_metrics_listener(self) -> None:
+        """[metrics] listen is off by default, takes plain-HTTP endpoints checked like --listen, and refuses ssl:
+        (and a typo) with one line naming the key."""
+        self.assertEqual(config.load(None, {"hostname": "h"}).metrics_listeners, ())
+        settings = config.load(self.write("[metrics]\nlisten = tcp:9464:interface=127.0.0.1 unix:/run/otad/metrics.sock\n"))
+        self.assertEqual(
+            [listener.plain for listener in settings.metrics_listeners], ["tcp:9464:interface=127.0.0.1", "unix:/run/otad/metrics.sock"]
+        )
+        cases = {
+            "ssl:9464": "the metrics listener serves plain HTTP: use tcp:PORT:interface=127.0.0.1 or unix:PATH",
+            "tcp:9464:interface=localhost": "interface must be an IP address, not 'localhost'",
+            "tcp:99999": "port must be a number from 0 to 65535",
+        }
+        for description, reason in cases.items():
+            error = self.assertRaises(config.ConfigError, config.load, self.write(f"[metrics]\nlisten = {description}\n"))
+            self.assertTrue(str(error).startswith(f"bad value for [metrics] listen: {description!r}: "), str(error))
+            self.assertIn(reason, str(error))
+            self.assertNotIn("\n", str(error))
+
     def test_not_ini(self) -> None:
         """A file that is not ini is refused with one line, and a missing file is named."""
         error = self.assertRaises(config.ConfigError, config.load, self.write("listen = 1\n"))

@@ -179,7 +179,7 @@ class DaemonTests(unittest.TestCase):
         return ensureDeferred(run())
 
     def test_json_log(self) -> None:
-        """With json_log set, each request is a JSON line with path, code, outcome and ms, and the password is not kept."""
+        """With json_log set, each request is a JSON line with path, status, outcome and ms, and the password is not kept."""
 
         async def run() -> None:
             folder = Path(self.mktemp()).absolute()
@@ -194,7 +194,7 @@ class DaemonTests(unittest.TestCase):
             events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
             requests = [event for event in events if event.get("path") == "/nope"]
             self.assertEqual(len(requests), 1)
-            self.assertEqual((requests[0]["code"], requests[0]["method"]), (404, "GET"))
+            self.assertEqual((requests[0]["status"], requests[0]["method"]), (404, "GET"))
             self.assertIn("ms", requests[0])
             self.assertIn("refused", requests[0]["outcome"])
             self.assertNotIn(daemon.first_password, (folder / "events.jsonl").read_text())

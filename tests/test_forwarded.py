@@ -163,7 +163,7 @@ class BehindProxySiteTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
 
     def request_log(self, path: str) -> list[LogEvent]:
-        return [event for event in self.logged if event.get("path") == path and "code" in event]
+        return [event for event in self.logged if event.get("path") == path and "status" in event]
 
     def test_proxy_that_says_https_gets_the_password_through(self) -> None:
         """Over plain HTTP /enroll refuses a password unless a trusted proxy says the client used HTTPS; then the Profile
@@ -180,8 +180,8 @@ class BehindProxySiteTests(unittest.TestCase):
         content, _ = unwrap_signed(body, [self.memory.authority.root.cert])
         self.assertEqual(plistlib.loads(content)["PayloadContent"]["URL"], "https://otad.example.com/profile")
         served = self.request_log("/enroll")[-1]
-        self.assertEqual((served["client"], served["proxy"], served["code"]), ("203.0.113.7", "127.0.0.1", 200))
-        self.assertIn("client=203.0.113.7", served["log_format"].format(**served))
+        self.assertEqual((served["client"], served["proxy"], served["status"]), ("203.0.113.7", "127.0.0.1", 200))
+        self.assertIn("from 203.0.113.7", served["log_format"].format(**served))
 
     def test_log_events_and_throttle_use_the_forwarded_client(self) -> None:
         """Failed logins through the proxy are logged, recorded and throttled per forwarded client address: one client's

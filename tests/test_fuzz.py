@@ -142,11 +142,11 @@ class FuzzEngineTests(unittest.TestCase):
         events = "\n".join(
             json.dumps(event)
             for event in (
-                {"log_namespace": "otad.web", "log_failure": {}, "log_format": "unexpected error in {path}", "path": "/scep"},
-                {"log_namespace": "otad.web", "path": "/scep", "code": 500, "client": "127.1.0.7"},
-                {"log_namespace": "otad.web", "log_failure": {}, "log_format": "while answering"},
-                {"log_namespace": "otad.web", "path": "/enroll", "code": 200, "client": "127.1.0.8"},
-                {"log_namespace": "log_legacy", "failure": {"x": 1}, "log_system": "OtadChannel (BufferingTLSTransport),2,127.1.0.9"},
+                {"logger": "otad.web", "traceback": "T", "message": "unexpected error in /scep", "path": "/scep"},
+                {"logger": "otad.web", "path": "/scep", "status": 500, "client": "127.1.0.7"},
+                {"logger": "otad.web", "traceback": "T", "message": "while answering"},
+                {"logger": "otad.web", "path": "/enroll", "status": 200, "client": "127.1.0.8"},
+                {"logger": "log_legacy", "traceback": "T", "system": "OtadChannel (BufferingTLSTransport),2,127.1.0.9"},
             )
         )
         # "while answering" is not followed by its own request's log line, so it names nobody.

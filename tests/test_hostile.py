@@ -35,23 +35,30 @@ class HostileTests(unittest.TestCase):
         return code, out + err
 
     def test_only_forward_secret_aead_suites(self) -> None:
-        """openssl s_client: a static-RSA suite and a CBC suite are refused over TLS 1.2, as is TLS 1.1; ECDHE with
-        AES-GCM or ChaCha20-Poly1305 over TLS 1.2, and TLS 1.3, are accepted."""
+        """openssl s_client, against the default ECDSA TLS key and against [tls] key_type = rsa: a static-RSA suite and
+        CBC suites are refused over TLS 1.2, as is TLS 1.1; ECDHE with AES-GCM or ChaCha20-Poly1305 over TLS 1.2 (the
+        suites of the key's type), and TLS 1.3, are accepted."""
 
         async def run() -> None:
-            daemon = await self.start()
-            for cipher in ("AES128-GCM-SHA256", "AES256-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384"):
-                code, output = await self.s_client(daemon, "-tls1_2", "-cipher", cipher)
-                self.assertNotEqual(code, 0, f"{cipher} was accepted: {output[-300:]!r}")
-            code, output = await self.s_client(daemon, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
-            self.assertNotEqual(code, 0, output[-300:])
-            for cipher in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"):
-                code, output = await self.s_client(daemon, "-tls1_2", "-cipher", cipher)
+            for key_type, signature in (("ecdsa", "ECDSA"), ("rsa", "RSA")):
+                config = Path(self.mktemp()).absolute()
+                config.write_text(f"[tls]\nkey_type = {key_type}\n")
+                daemon = await self.start("--config", str(config))
+                refused = ("AES128-GCM-SHA256", "AES256-SHA", f"ECDHE-{signature}-AES128-SHA", f"ECDHE-{signature}-AES256-SHA384")
+                for cipher in refused:
+                    code, output = await self.s_client(daemon, "-tls1_2", "-cipher", cipher)
+                    self.assertNotEqual(code, 0, f"{cipher} was accepted with an {key_type} key: {output[-300:]!r}")
+                code, output = await self.s_client(daemon, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+                self.assertNotEqual(code, 0, output[-300:])
+                for suite in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305"):
+                    cipher = f"ECDHE-{signature}-{suite}"
+                    code, output = await self.s_client(daemon, "-tls1_2", "-cipher", cipher)
+                    self.assertEqual(code, 0, output[-300:])
+                    self.assertIn(f"Cipher is {cipher}".encode(), output)
+                code, output = await self.s_client(daemon, "-tls1_3")
                 self.assertEqual(code, 0, output[-300:])
-                self.assertIn(f"Cipher is {cipher}".encode(), output)
-            code, output = await self.s_client(daemon, "-tls1_3")
-            self.assertEqual(code, 0, output[-300:])
-            self.assertIn(b"TLSv1.3", output)
+                self.assertIn(b"TLSv1.3", output)
+                await daemon.stop()
 
         return ensureDeferred(run())
 

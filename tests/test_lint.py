@@ -25,6 +25,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial import unittest
 
 from otad import ca
+from otad.metrics import Metrics
 from otad.ocsp import OCSPResponder
 from otad.revocation import CRLPublisher
 from otad.store import Store
@@ -168,7 +169,7 @@ class RevocationLintTests(unittest.TestCase):
 
     def test_crls(self) -> None:
         """The CRL with no entries and the CRL listing a keyCompromise revocation have no pkilint errors."""
-        publisher = CRLPublisher(self.authority, self.store, self.pool, self.clock)
+        publisher = CRLPublisher(self.authority, self.store, self.pool, self.clock, metrics=Metrics())
         self.successResultOf(ensureDeferred(publisher.check()))
         assert publisher.current is not None
         self.assertEqual(crl_errors(publisher.current), [])

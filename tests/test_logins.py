@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from otad.errors import Kind, Refused
 from otad.logins import LoginGuard, LoginPolicy
+from otad.metrics import Metrics
 from otad.pool import PoolFull, WorkerPool
 from tests.helpers import InlineStoreThread, MemorySite
 
@@ -41,7 +42,7 @@ class LoginGuardTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.checker = CountingChecker()
-        self.guard = LoginGuard(self.checker, self.store, self.clock, POLICY)
+        self.guard = LoginGuard(self.checker, self.store, self.clock, POLICY, metrics=Metrics())
 
     def attempt(self, address: str, name: bytes, password: bytes) -> str | Refused:
         done = ensureDeferred(self.guard.login(address, name, password))
@@ -102,7 +103,7 @@ class LoginGuardTests(unittest.TestCase):
         """The counts are in the store: a new guard on the same database still throttles."""
         for _ in range(3):
             self.attempt("192.0.2.1", b"alice", b"wrong")
-        self.guard = LoginGuard(CountingChecker(), self.store, self.clock, POLICY)
+        self.guard = LoginGuard(CountingChecker(), self.store, self.clock, POLICY, metrics=Metrics())
         refused = self.attempt("192.0.2.1", b"alice", b"right")
         assert isinstance(refused, Refused)
         self.assertEqual(refused.kind, Kind.THROTTLED)

@@ -19,6 +19,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from otad import ca, listeners, renewal, tls
+from otad.metrics import Metrics
 from tests.helpers import NOW, InlinePool, authority
 
 DAY = datetime.timedelta(days=1)
@@ -78,6 +79,7 @@ class CertificateKeeperTests(unittest.TestCase):
             "localhost",
             InlinePool(None, "inline", 1),
             self.clock,  # type: ignore[arg-type]
+            metrics=Metrics(),
         )
 
     def test_daily_check_renews_and_serves(self) -> None:
@@ -141,6 +143,7 @@ class CertificateKeeperTests(unittest.TestCase):
             "otad.example.com",
             InlinePool(None, "inline", 1),
             self.clock,  # type: ignore[arg-type]
+            metrics=Metrics(),
         )
         fresh = ca.issue(root, key.public_key(), x509.Name([]), now=NOW + 60 * DAY, lifetime=90 * DAY)
         write(fresh)
@@ -203,6 +206,7 @@ class OperatorFilesWatchTests(unittest.TestCase):
             "otad.example.com",
             InlinePool(None, "inline", 1),
             self.clock,  # type: ignore[arg-type]
+            metrics=Metrics(),
         )
         self.keeper.startService()
         self.addCleanup(self.keeper.stopService)

@@ -21,6 +21,7 @@ from twisted.trial import unittest
 
 from otad import admin, ca
 from otad.issued import IssuedCertificates
+from otad.metrics import Metrics
 from otad.ocsp import OCSPResponder
 from otad.revocation import CRL_VALIDITY, CRLPublisher
 from otad.scep_responder import SCEPResponder
@@ -103,7 +104,7 @@ class RevocationTests(unittest.TestCase):
     def test_two_publishers_on_one_store(self) -> None:
         """A second otad on the same store that signs the same CRL number loses the insert and serves the first one's."""
         self.publish()
-        other = CRLPublisher(self.memory.authority, self.memory.store, InlinePool(None, "inline", 1), self.memory.clock)  # type: ignore[arg-type]
+        other = CRLPublisher(self.memory.authority, self.memory.store, InlinePool(None, "inline", 1), self.memory.clock, metrics=Metrics())  # type: ignore[arg-type]
         self.revoke(_issue(self.memory, 3), "superseded")
         self.successResultOf(ensureDeferred(other.check()))
         self.successResultOf(ensureDeferred(self.memory.crls.check()))
@@ -225,10 +226,17 @@ class GetCRLTests(SCEPHarness, unittest.TestCase):
         signer = _signer(0)
         request = _pki_message("22", issuer_and_serial, signer, self.recipient, transaction_id="GETCRL-1")
         self.assertEqual(read_cert_rep(self.answer(request.der), self.ca_certs).pki_status, "2")
-        publisher = CRLPublisher(self.authority, self.store, self.pool, self.clock)
+        publisher = CRLPublisher(self.authority, self.store, self.pool, self.clock, metrics=Metrics())
         self.successResultOf(ensureDeferred(publisher.check()))
         responder = SCEPResponder(
-            self.settings, self.authority, self.store, self.pool, self.clock, IssuedCertificates(self.authority, self.store), publisher
+            self.settings,
+            self.authority,
+            self.store,
+            self.pool,
+            self.clock,
+            IssuedCertificates(self.authority, self.store),
+            publisher,
+            metrics=Metrics(),
         )
         second = _pki_message("22", issuer_and_serial, signer, self.recipient, transaction_id="GETCRL-2")
         rep = read_cert_rep(self.answer(second.der, responder), self.ca_certs)

@@ -22,6 +22,7 @@ from twisted.trial import unittest
 
 from otad import admin, cms, config, tokens
 from otad.issued import IssuedCertificates
+from otad.metrics import Metrics
 from otad.scep_responder import SCEPResponder
 from otad.store import Store
 from tests.fakeapple import self_signed_identity
@@ -102,6 +103,7 @@ class SCEPApproval:
             InlinePool(None, "inline", 1),  # type: ignore[arg-type]
             self.clock,  # type: ignore[arg-type]
             IssuedCertificates(authority(), store),
+            metrics=Metrics(),
         )
 
     def challenge(self, uses: int = 1) -> str:

@@ -34,6 +34,7 @@ from otad.channel import Limits
 from otad.cms import read_certs_only
 from otad.errors import Kind, Refused
 from otad.issued import IssuedCertificates
+from otad.metrics import Metrics
 from otad.resources.root import Root
 from otad.resources.scep import SCEPResource, decode_message, query_parameter
 from otad.scep_responder import SCEPResponder
@@ -174,6 +175,7 @@ class SCEPHarness(SQLiteStore):
         self.clock = Clock()
         # Real time: the test CA was bootstrapped now, and certificates must fall inside its validity.
         self.clock.advance(time.time())
+        self.metrics = Metrics()
         location = self.store_location(directory)
         self.store = InlineStoreThread(location)
         self.addCleanup(self.store.close)
@@ -189,7 +191,9 @@ class SCEPHarness(SQLiteStore):
     # -- helpers ---------------------------------------------------------------------------
 
     def make_responder(self, settings: config.Config, authority: Authority) -> SCEPResponder:
-        return SCEPResponder(settings, authority, self.store, self.pool, self.clock, IssuedCertificates(authority, self.store))
+        return SCEPResponder(
+            settings, authority, self.store, self.pool, self.clock, IssuedCertificates(authority, self.store), metrics=self.metrics
+        )
 
     def challenge(self, kind: str = "scep", udid: str | None = UDID, *, ttl: float = 3600, uses: int = 1) -> tuple[str, int]:
         """A challenge created the way phase 2 (kind scep) or otad-admin (kind static) does; returns (token, id)."""
@@ -597,7 +601,7 @@ class SCEPResponderTests(SCEPHarness, unittest.TestCase):
 
     def fetch(self, method: str, query: str, body: bytes | None = None) -> tuple[int, bytes, bytes]:
         """One request to /scep through the real site in memory; returns (code, content type, body)."""
-        site = OtadSite(Root({b"scep": SCEPResource(self.responder)}), Limits(max_body=self.settings.max_body))
+        site = OtadSite(Root({b"scep": SCEPResource(self.responder)}), Limits(max_body=self.settings.max_body), metrics=self.metrics)
         treq = StubTreq(site.resource)
 
         async def go() -> tuple[int, bytes, bytes]:

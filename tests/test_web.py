@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from otad.channel import Limits
+from otad.metrics import Metrics
 from otad.web import MethodResource, OtadSite, Refusal, Reply, render_async
 
 
@@ -42,7 +43,7 @@ class WebTests(unittest.TestCase):
         root = Resource()
         self.echo = Echo()
         root.putChild(b"echo", self.echo)
-        self.site = OtadSite(root, Limits(max_body=100), reactor=Clock())
+        self.site = OtadSite(root, Limits(max_body=100), metrics=Metrics(), reactor=Clock())
 
     def connect(self) -> tuple[object, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
@@ -117,7 +118,7 @@ class WebTests(unittest.TestCase):
 
 class TwistedHookTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.site = OtadSite(Resource(), Limits(max_body=100), reactor=Clock())
+        self.site = OtadSite(Resource(), Limits(max_body=100), metrics=Metrics(), reactor=Clock())
 
     def test_bad_request_hook_still_exists_and_is_used(self) -> None:
         """Twisted's HTTPChannel still defines the private hook otad overrides and still calls it for a bad request
@@ -146,7 +147,7 @@ class LostConnectionTests(unittest.TestCase):
         root = Resource()
         echo = Echo()
         root.putChild(b"echo", echo)
-        site = OtadSite(root, Limits(max_body=100), reactor=Clock())
+        site = OtadSite(root, Limits(max_body=100), metrics=Metrics(), reactor=Clock())
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
         transport = StringTransport()
         channel.makeConnection(transport)

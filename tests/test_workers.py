@@ -178,3 +178,31 @@ class WorkersTests(unittest.TestCase):
             self.assertEqual([pid for pid in pids if alive(pid)], [])
 
         return ensureDeferred(run())
+
+    def test_metrics_from_every_worker(self) -> None:
+        """With workers, [metrics] listen is served by the workers from all their metrics: the request count is the sum."""
+
+        async def run() -> None:
+            folder = Path(self.mktemp()).absolute()
+            folder.mkdir(parents=True)
+            config = folder / "otad.conf"
+            config.write_text("[server]\nworkers = 2\n[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
+            daemon = Daemon(folder / "data", ["--config", str(config)], listen=LISTEN)
+            self.addCleanup(daemon.stop)
+            port = await daemon.start()
+            for _ in range(10):
+                await gatherResults([ensureDeferred(self.get(port)) for _ in range(8)])
+                served = set(re.findall(rb"\[worker (\d) otad\.web#info\] GET / 200", daemon.output))
+                if served == {b"0", b"1"}:
+                    break
+            self.assertEqual(served, {b"0", b"1"})
+            answered = len(re.findall(rb"\] GET / 200", daemon.output))
+            scrape = await self.get(daemon.metrics_port, "/metrics")
+            self.assertTrue(scrape.startswith(b"HTTP/1.1 200"), scrape[:200])
+            counted = re.search(rb'otad_http_requests_total\{outcome="ok",route="/",status="200"\} ([0-9.]+)', scrape)
+            assert counted is not None, scrape
+            self.assertEqual(float(counted.group(1)), answered)
+            ready = await self.get(daemon.metrics_port, "/readyz")
+            self.assertTrue(ready.startswith(b"HTTP/1.1 200"), ready)
+
+        return ensureDeferred(run())

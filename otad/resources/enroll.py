@@ -9,6 +9,7 @@ from twisted.web.server import Request
 from otad.enrollment import Enrollment
 from otad.errors import Kind, Refused, printable
 from otad.logins import LoginGuard
+from otad.metrics import Metrics
 from otad.web import ASPEN_CONFIG, MethodResource, Refusal, Reply, base_url, client_address, is_secure, render_async
 
 
@@ -19,8 +20,11 @@ class EnrollResource(MethodResource):
     proxy says the client used HTTPS to reach it: a password must never cross the network in clear text.
     """
 
-    def __init__(self, enrollment: Enrollment, guard: LoginGuard, realm: str, public_url: str, allow_plain_http: bool) -> None:
+    def __init__(
+        self, enrollment: Enrollment, guard: LoginGuard, realm: str, public_url: str, allow_plain_http: bool, *, metrics: Metrics
+    ) -> None:
         super().__init__()
+        self._metrics = metrics
         self._enrollment = enrollment
         self._guard = guard
         self._credentials = BasicCredentialFactory(realm.encode("ascii"))
@@ -34,16 +38,20 @@ class EnrollResource(MethodResource):
             return None
         scheme, _, response = header.partition(b" ")
         if scheme.lower() != b"basic":
+            self._metrics.login_failures.labels(reason="malformed").inc()
             raise Refusal(401, "only HTTP Basic authentication is accepted", self._challenge)
         try:
             credentials = self._credentials.decode(response.strip(), request)
         except LoginFailed:
+            self._metrics.login_failures.labels(reason="malformed").inc()
             raise Refusal(401, "malformed Basic credentials", self._challenge) from None
         return credentials.username, credentials.password
 
     def render_GET(self, request: Request) -> object:
         async def answer() -> Reply:
             if not is_secure(request) and not self._allow_plain_http:
+                if request.getHeader(b"authorization"):
+                    self._metrics.login_failures.labels(reason="plain_http").inc()
                 raise Refusal(403, "use https: otad accepts passwords only over TLS")
             credentials = self._decode(request)
             if credentials is None:

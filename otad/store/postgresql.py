@@ -106,6 +106,12 @@ class PostgreSQLConnection(Connection):
         self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         self.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied DOUBLE PRECISION)")
 
+    def check_writable(self) -> None:
+        # A hot standby, or default_transaction_read_only, makes every transaction read-only: each
+        # write would fail with "cannot execute ... in a read-only transaction".
+        if self.execute("SELECT current_setting('transaction_read_only')").fetchone()[0] == "on":
+            raise StoreUnavailable(f"the state database is unavailable: {self.location} is read-only (transaction_read_only is on)")
+
     def ddl(self, statement: str) -> str:
         return for_postgresql(statement)
 

@@ -22,7 +22,8 @@ class StoreUnavailable(Unavailable):
 
 
 class ChallengeRefused(Exception):
-    """A challenge that is unknown, expired, already used or of the wrong kind; str() is the reason."""
+    """A challenge that is unknown, expired, already used or of the wrong kind; str() is the reason
+    (``unknown challenge``, ``challenge expired``, ``challenge already used``, ``challenge revoked``)."""
 
 
 class DuplicateSerial(Exception):

@@ -108,6 +108,11 @@ class Connection(abc.ABC):
         """Inside the upgrade transaction: make sure no other otad upgrades at the same time, and that
         ``schema_version`` exists."""
 
+    def check_writable(self) -> None:
+        """Inside a transaction begun with ``begin``: fail (``StoreUnavailable``) if it could not write
+        (SQLite's ``begin`` has taken the write lock already, or failed)."""
+        return None
+
     def ddl(self, statement: str) -> str:
         """An upgrade script's statement as this engine spells it."""
         return statement
@@ -131,6 +136,8 @@ class Store:
     def __init__(self, connection: Connection) -> None:
         self._db = connection
         self._depth = 0
+        # Write transactions begun so far: a call that began one counts as a write in the metrics.
+        self.transactions = 0
         # For retries after a lost connection: has this store committed anything, or was it
         # committing when the connection broke (then nobody knows whether it did)?
         self.commits = 0
@@ -177,6 +184,8 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        # Counted first: a write the database refuses at BEGIN is still a write.
+        self.transactions += 1
         self._db.begin()
         self._depth = 1
         try:
@@ -192,6 +201,18 @@ class Store:
         self._db.commit()
         self.committing = False
         self.commits += 1
+
+    def ping(self) -> None:
+        """Answers only when the database could take a write now, writing nothing: it begins a write
+        transaction as every write does (SQLite takes the write lock), reads the schema version, asks
+        the engine whether the transaction could write, and rolls back. A database that is down,
+        locked or read-only (a PostgreSQL standby) fails."""
+        self._db.begin()
+        try:
+            self._db.schema_version()
+            self._db.check_writable()
+        finally:
+            self._db.rollback()
 
     def schema_version(self) -> int:
         return self._db.schema_version()
@@ -273,6 +294,14 @@ class Store:
         with self.transaction() as db:
             changed = db.execute("UPDATE challenges SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, challenge_id)).rowcount
         return bool(changed)
+
+    def expired_unused(self, *, since: float, until: float) -> dict[str, int]:
+        """How many challenges of each kind expired in ``(since, until]`` with uses left and unrevoked."""
+        rows = self._db.execute(
+            "SELECT kind, COUNT(*) FROM challenges WHERE expires > ? AND expires <= ? AND uses_left > 0 AND revoked IS NULL GROUP BY kind",
+            (since, until),
+        ).fetchall()
+        return {kind: int(count) for kind, count in rows}
 
     def purge_challenges(self, *, now: float, keep: float = 86400) -> int:
         """Forget challenges that expired more than ``keep`` seconds ago; returns how many."""
