@@ -2,7 +2,9 @@
 
 It runs on the same config and data directory as the daemon and is safe to use while the daemon
 is up: the users file is replaced atomically and the SQLite store is in WAL mode, where every
-write takes the lock up front (BEGIN IMMEDIATE) and waits out the daemon's transactions.
+write takes the lock up front (BEGIN IMMEDIATE) and waits out the daemon's transactions (a
+PostgreSQL store takes concurrent connections anyway). ``store migrate`` is the exception: it
+copies a stopped otad's SQLite store and certs/ into an empty PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import getpass
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,9 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from otad import __version__, cms, crl, payloads, tokens, users
 from otad import config as configuration
 from otad.backup import BackupError, create_backup, restore_backup
-from otad.ca import serial_hex
+from otad.ca import OWN_FILES, serial_hex
 from otad.files import OwnershipError, check_writer
-from otad.store import CHALLENGE_KINDS, CertificateRecord, Challenge, Store, StoreError
+from otad.store import CHALLENGE_KINDS, CertificateRecord, Challenge, Store, StoreError, is_postgresql
+from otad.store.migrate import copy_store
 from otad.udid import is_udid
 
 # Exit statuses: 1 for a profile with errors (`lint`, as linters do) and for any other failure;
@@ -138,14 +140,16 @@ def _open_store(args: argparse.Namespace) -> Iterator[Store]:
     settings = _settings(args)
     _writable(settings.data_dir)
     try:
-        store = Store.open_existing(settings.database)
+        store = Store.open_existing(settings.store_location)
     except StoreError as error:
         raise AdminError(str(error)) from None
     try:
         yield store
-    except sqlite3.Error as error:
-        # Mostly "database is locked": the daemon held the write lock past the busy timeout.
-        raise AdminError(f"state database {settings.database}: {error}") from None
+    except store.errors as error:
+        # SQLite: mostly "database is locked", the daemon held the write lock past the busy
+        # timeout; PostgreSQL: the server went away.
+        first = str(error).strip().splitlines()
+        raise AdminError(f"state database {store.location}: {first[0] if first else type(error).__name__}") from None
     finally:
         store.close()
 
@@ -424,6 +428,52 @@ def requests_reject(args: argparse.Namespace) -> int:
     return _decide(args, False)
 
 
+# -- moving the store ------------------------------------------------------------------------
+
+
+def store_migrate(args: argparse.Namespace) -> int:
+    """Copy this data directory's SQLite store and its certs/ into an empty PostgreSQL database."""
+    settings = _settings(args)
+    if not is_postgresql(args.to):
+        raise AdminError("--to must be a postgresql:// URL")
+    if settings.store_url:
+        raise AdminError("the configured store is already PostgreSQL ([store] url); migrate copies a data directory's SQLite store")
+    _writable(settings.data_dir)
+    certs_dir = settings.certs_dir
+    ca_files = {name: (certs_dir / name).read_bytes() for name in OWN_FILES if (certs_dir / name).exists()}
+    try:
+        source = Store.open_existing(settings.database)
+    except StoreError as error:
+        raise AdminError(str(error)) from None
+    try:
+        if source.has_certificates() and not {"ca.key", "ca.pem"} <= set(ca_files):
+            raise AdminError(f"{certs_dir} lacks the CA (ca.key, ca.pem) that issued the store's certificates; restore it first")
+        try:
+            # Creates the schema in the new database (nothing runs on it yet) or finds it there.
+            target = Store.open(args.to)
+        except StoreError as error:
+            raise AdminError(str(error)) from None
+        try:
+            counts = copy_store(source, target, ca_files=ca_files, now=time.time())
+        except StoreError as error:
+            raise AdminError(str(error)) from None
+        except (*source.errors, *target.errors) as error:
+            first = str(error).strip().splitlines()
+            raise AdminError(f"copying into {target.location} failed, nothing was kept: {first[0] if first else error}") from None
+        finally:
+            location = target.location
+            target.close()
+    finally:
+        source.close()
+    print(f"copied {settings.database} and {certs_dir} into {location} (one transaction):")
+    print("  " + ", ".join(f"{table} {count}" for table, count in counts.items()))
+    print(
+        f"next: set [store] url in the configuration of every otad instance (this one's too) and start them; {settings.database} "
+        "is left as it was and is no longer used"
+    )
+    return 0
+
+
 # -- devices ---------------------------------------------------------------------------------
 
 
@@ -448,6 +498,10 @@ def devices(args: argparse.Namespace) -> int:
 def backup(args: argparse.Namespace) -> int:
     settings = _settings(args)
     target = Path(args.file)
+    if settings.store_url:
+        raise AdminError(
+            "the store is PostgreSQL ([store] url): back it up with pg_dump (README, 'Backups'); backup copies a SQLite data directory"
+        )
     with _open_store(args) as store:
         try:
             summary = create_backup(settings, store, target)
@@ -576,6 +630,16 @@ def _parser() -> argparse.ArgumentParser:
         decision = held_actions.add_parser(name, parents=[common], help=f"{verb} a held request at the client's next poll")
         decision.add_argument("transaction_id")
         decision.set_defaults(run=run)
+
+    store = commands.add_parser("store", parents=[common], help="the state database")
+    store_actions = store.add_subparsers(dest="action", required=True)
+    migrate = store_actions.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy the SQLite store and certs/ into an empty PostgreSQL database (stop otad first)",
+    )
+    migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://USER@HOST/DATABASE (libpq URL)")
+    migrate.set_defaults(run=store_migrate)
 
     device_listing = commands.add_parser("devices", parents=[common], help="the devices that enrolled, newest first")
     device_listing.add_argument("--json", action="store_true")

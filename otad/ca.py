@@ -145,6 +145,8 @@ class Authority:
 
 # File name -> Authority field.
 _FIELDS = {"tls": "tls", "signing": "signer", "ra": "ra", "ra-encrypt": "ra_encrypt", "ra-sign": "ra_sign", "ocsp": "ocsp"}
+# Every file of certs/ (keys end in .key, certificates in .pem).
+OWN_FILES = ("ca.key", "ca.pem", *(f"{name}.{kind}" for name in _FIELDS for kind in ("key", "pem")))
 
 
 def generate_key(bits: int = LEAF_KEY_SIZE) -> rsa.RSAPrivateKey:

@@ -232,6 +232,14 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _store_url(text: str) -> str:
+    value = text.strip()
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        # Not echoed: the URL may hold a password.
+        raise ValueError("must be empty (SQLite in the data directory) or a postgresql:// URL")
+    return value
+
+
 def _tls_ciphers(text: str) -> str:
     return check_ciphers(text.strip())
 
@@ -403,6 +411,8 @@ class Config:
     metrics_listen: tuple[str, ...] = _setting("metrics", "listen", _metrics_listen, "")
     # Empty means "<organization> otad Root CA"; load() fills it in.
     ca_common_name: str = _setting("ca", "common_name", _text, "")
+    store_url: str = _setting("store", "url", _store_url, "")
+    store_connections: int = _setting("store", "connections", _int_range(1, 64), "4")
 
     @property
     def certs_dir(self) -> Path:
@@ -410,7 +420,13 @@ class Config:
 
     @property
     def database(self) -> Path:
+        """The SQLite file (used when ``[store] url`` is empty)."""
         return self.data_dir / "otad.sqlite"
+
+    @property
+    def store_location(self) -> Path | str:
+        """Where the state is: the ``[store] url`` (PostgreSQL), or the SQLite file in the data directory."""
+        return self.store_url or self.database
 
     @property
     def first_password_file(self) -> Path:

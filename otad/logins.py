@@ -5,6 +5,9 @@ Before any password is checked, the failures counted in the store decide: past
 address, within ``failure_window``, the answer is THROTTLED (429) with the wait, and no bcrypt
 is spent. A user is never locked out by someone else's failures from another address. The counts
 live in the store, so they survive a restart and are shared by every otad on the same database.
+Nothing is kept in memory: a failure counts once its password check has failed, so attempts
+checked at the same moment can pass the limit by at most the checks in flight (``[auth]``
+threads plus queue, per instance) before every instance throttles.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds. An enrollment step is a few RSA operations and store writes (milliseconds), a login one
 # bcrypt check (about 0.2 s), either of them plus a wait for a pool thread under load.
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# A store call is one small SQLite transaction: well under a millisecond to an fsync or a lock wait.
+# A store call is one small transaction: well under a millisecond to an fsync or a lock wait (on
+# PostgreSQL, plus a network round trip per statement).
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 # The label values that exist, so that every series is there (at 0) from the first scrape and

@@ -6,6 +6,11 @@ an hour old, so OCSP load costs no RSA signature per request. A request with a n
 answer that echoes it, within a signing budget; past the budget it gets the cached answer without
 the nonce (RFC 8954 lets a responder leave it out), or tryLater when there is none. Every
 failure is an OCSP error status, never an HTTP error.
+
+The cache is per process, and safe when several otad instances share a database: every request
+reads the certificate's status from the store first, and a cached answer is served only for the
+status it was signed with, so a revocation recorded by any instance (or otad-admin) is in the
+very next answer of every instance.
 """
 
 from __future__ import annotations

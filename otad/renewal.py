@@ -8,6 +8,10 @@ watch stats the operators' files every few seconds (on the crypto pool, off the 
 reads them again when they change, as certbot's renewal does by pointing the symlinks in
 ``live/`` at new files in ``archive/``; a pair that does not fit together (a key for another
 certificate, a file half written) is refused with a warning and the old pair stays in service.
+
+With several instances on one PostgreSQL store the check goes through ``otad.ca_sharing`` (the
+``refresh`` it is given), and the keeper also polls the stored generation every minute, so a
+renewal made by another instance is served here too.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from twisted.application.service import Service
@@ -36,6 +41,11 @@ log = Logger()
 CHECK_INTERVAL = 86400
 # How often operators' TLS files are looked at (a few stat calls each time).
 WATCH_INTERVAL = 5.0
+# How often a shared store's generation of otad's certificates is looked at.
+GENERATION_POLL = 60
+
+Report = Callable[[str], None]
+Refresh = Callable[[datetime.datetime, Report, Report], Deferred[ca.Authority]]
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,12 @@ def not_after(authority: ca.Authority) -> dict[str, float]:
 
 class CertificateKeeper(Service):
     """Runs ``check`` every ``CHECK_INTERVAL`` seconds and ``watch`` every ``watch_interval``; a failed round is
-    logged and tried again next time."""
+    logged and tried again next time.
+
+    ``refresh`` replaces running ``load`` on the crypto pool (a shared store's synchronisation);
+    with ``generation`` the keeper also checks whenever that value changes (polled every
+    ``GENERATION_POLL`` seconds).
+    """
 
     def __init__(
         self,
@@ -120,13 +135,19 @@ class CertificateKeeper(Service):
         watch_interval: float = WATCH_INTERVAL,
         after: Callable[[], None] | None = None,
         *,
+        refresh: Refresh | None = None,
+        generation: Callable[[], Deferred[int]] | None = None,
         metrics: Metrics,
     ) -> None:
         """``after`` runs after every check that succeeded (a supervisor tells its workers to re-read certs/)."""
         self._metrics = metrics
         self._authority = authority
         self._after = after
-        self._load = load
+        self._refresh: Refresh = refresh or (lambda now, report, warn: crypto.run(load, now, report, warn))
+        self._generation = generation
+        self._seen: int | None = None
+        self._poll = LoopingCall(self._poll_generation)
+        self._poll.clock = clock
         self._own_tls = own_tls
         self._operator_tls = tuple(operator_tls)
         self._hostname = hostname
@@ -143,12 +164,31 @@ class CertificateKeeper(Service):
         self._loop.start(CHECK_INTERVAL, now=False)
         if self._operator_tls:
             self._watch.start(self._watch_interval, now=False)
+        if self._generation is not None:
+            self._poll.start(GENERATION_POLL, now=True)
 
     def stopService(self) -> None:
         super().stopService()
-        for loop in (self._loop, self._watch):
+        for loop in (self._loop, self._watch, self._poll):
             if loop.running:
                 loop.stop()
+
+    def _poll_generation(self) -> Deferred[Any]:
+        assert self._generation is not None
+
+        def compare(generation: int) -> Deferred[None] | None:
+            seen, self._seen = self._seen, generation
+            if seen is not None and generation != seen:
+                log.info("otad's certificates changed in the store (generation {generation}); taking them", generation=generation)
+                return self._scheduled()
+            return None
+
+        # A store that cannot answer now is asked again at the next poll; nothing may reach LoopingCall.
+        return (
+            self._generation()
+            .addCallback(compare)
+            .addErrback(lambda failure: log.warn("could not look for renewed certificates: {reason}", reason=str(failure.value)))
+        )
 
     def _scheduled(self) -> Deferred[None]:
         # LoopingCall stops for good on a failure, so none may reach it.
@@ -169,7 +209,7 @@ class CertificateKeeper(Service):
         now = self._now()
         renewals: list[str] = []
         warnings: list[str] = []
-        fresh = await self._crypto.run(self._load, now, renewals.append, warnings.append)
+        fresh = await self._refresh(now, renewals.append, warnings.append)
         self._authority.adopt(fresh)
         self._metrics.own_certificates(not_after(fresh))
         if self._own_tls is not None:

@@ -4,6 +4,11 @@ The CRL lives in the store, so every otad on one database serves the same one an
 gets the next number exactly once (a second instance that signs the same number loses the
 insert and takes the stored one). ``/crl`` and SCEP GetCRL serve the cached DER; no request
 costs a signature.
+
+That cached CRL may be one check (``[ca] crl_check``, a minute by default) behind a CRL another
+instance published, as it is behind a revocation made with otad-admin: a CRL is a dated snapshot
+that relying parties keep until its nextUpdate anyway, and OCSP, which reads the store on every
+request, is where a revocation shows at once.
 """
 
 from __future__ import annotations

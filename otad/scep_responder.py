@@ -36,6 +36,11 @@ _CHALLENGE_KINDS = ("scep", "static")
 _SERIAL_ATTEMPTS = 4
 
 
+class _Decided(Exception):
+    """Inside a store transaction: another request (on this otad or another one on the same database)
+    already held this transaction, or issued its approved certificate; roll back and answer as a poll."""
+
+
 class _Failure(Exception):
     """A request answered with a FAILURE CertRep; ``reason`` goes to the event log only."""
 
@@ -308,8 +313,7 @@ class SCEPResponder:
         # Phase-2 challenges are bound to the device's UDID; admin challenges may be (--bind-udid).
         udid = challenge.bound_to
         if manual:
-            await self._hold(message, csr, digest, udid, now)
-            return _Decision(scep.PKIStatus.PENDING)
+            return await self._hold(message, csr, digest, udid, now)
         return await self._issue(message, csr, reply, udid=udid, digest=digest, renewing=None, cipher=request_cipher)
 
     def _challenge_refused(self, error: ChallengeRefused) -> _Failure:
@@ -325,13 +329,14 @@ class SCEPResponder:
         if public_key.key_size < minimum:
             raise _Failure(scep.FailInfo.badRequest, f"RSA key of {public_key.key_size} bits is below the minimum {minimum}")
 
-    async def _hold(self, message: scep.PKIMessage, csr: scep.CSRInfo, digest: bytes, udid: str | None, now: float) -> None:
-        """Use the challenge and keep the request for an admin, in one transaction."""
+    async def _hold(self, message: scep.PKIMessage, csr: scep.CSRInfo, digest: bytes, udid: str | None, now: float) -> _Decision:
+        """Use the challenge and keep the request for an admin, in one transaction; PENDING. The same
+        request held meanwhile by a copy sent at the same time is answered as a poll, its challenge untouched."""
 
         def hold(store: Store) -> str:
             with store.transaction():
                 challenge = store.consume_challenge(digest, _CHALLENGE_KINDS, now=now)
-                store.hold_request(
+                held = store.hold_request(
                     transaction_id=message.transaction_id,
                     udid=udid,
                     subject=csr.subject.rfc4514_string(),
@@ -339,6 +344,8 @@ class SCEPResponder:
                     challenge_id=challenge.id,
                     now=now,
                 )
+                if not held:
+                    raise _Decided()
                 store.record_event(now=now, kind="scep", outcome="held", udid=udid, reason=f"transaction {message.transaction_id}")
             return challenge.kind
 
@@ -346,8 +353,21 @@ class SCEPResponder:
             used = await self._store.call(hold)
         except ChallengeRefused as error:
             raise self._challenge_refused(error) from None
+        except _Decided:
+            return await self._held_elsewhere(message)
         self._metrics.challenges_used.labels(kind=used).inc()
         log.info("SCEP request {transaction} held for approval", transaction=message.transaction_id, udid=udid, outcome="pending")
+        return _Decision(scep.PKIStatus.PENDING)
+
+    async def _held_elsewhere(self, message: scep.PKIMessage, reply: _Reply | None = None) -> _Decision:
+        """The answer for a transaction that another request held or issued first: PENDING, or its certificate."""
+        transaction = message.transaction_id
+        held = await self._store.call(lambda store: store.held_request(transaction))
+        if held is None or held.status == "approved":
+            # The request left "approved" for "issued" (that is what _Decided means), so this cannot
+            # be; refusing here keeps it from issuing again in a loop.
+            raise _Failure(scep.FailInfo.badRequest, "the held request changed while it was being answered; poll again")
+        return await self._decide_held(message, held, reply)
 
     async def _decide_held(self, message: scep.PKIMessage, held: HeldRequest, reply: _Reply | None = None) -> _Decision:
         """Answer for a held request: PENDING, FAILURE if rejected, or the certificate once approved."""
@@ -422,6 +442,10 @@ class SCEPResponder:
             except ChallengeRefused as error:
                 # Someone used the challenge while this certificate was being signed; it is never sent.
                 raise self._challenge_refused(error) from None
+            except _Decided:
+                # Another poll (on this otad or another) issued the approved request first: this
+                # certificate was never recorded and is never sent; the client gets that one.
+                return await self._held_elsewhere(message, reply)
             if used is not None:
                 self._metrics.challenges_used.labels(kind=used).inc()
             if renewing is not None:
@@ -477,8 +501,8 @@ class SCEPResponder:
                 transaction_id=message.transaction_id,
                 now=now,
             )
-            if held is not None:
-                store.mark_issued(held.transaction_id, serial)
+            if held is not None and not store.mark_issued(held.transaction_id, serial):
+                raise _Decided()
             store.record_event(
                 now=now,
                 kind="scep",
@@ -487,7 +511,11 @@ class SCEPResponder:
                 serial=serial,
                 reason=f"renewal of {renewing.serial}" if renewing else f"transaction {message.transaction_id}",
             )
-            if renewing is not None and revoke_replaced and store.revoke(renewing.serial, reason="superseded", now=now):
+            if renewing is not None and revoke_replaced:
+                if not store.revoke(renewing.serial, reason="superseded", now=now):
+                    # Revoked meanwhile, by an admin or by a renewal of the same certificate that
+                    # committed first (on any otad): one certificate is replaced once.
+                    raise _Failure(scep.FailInfo.badRequest, f"certificate {renewing.serial} was revoked while it was being renewed")
                 store.record_event(now=now, kind="certificate", outcome="revoked", serial=renewing.serial, reason="superseded")
         return used
 

@@ -33,6 +33,7 @@ from zope.interface import provider
 from otad import __version__, systemd
 from otad import config as configuration
 from otad.ca import Authority, Publication, bootstrap
+from otad.ca_sharing import synchronise
 from otad.device_trust import DeviceTrust, load_anchors
 from otad.directory import DirectoryDown, check_start
 from otad.files import check_writer, make_directory
@@ -41,10 +42,10 @@ from otad.jsonlog import JSONLinesObserver
 from otad.listeners import Listener
 from otad.metrics import MULTIPROCESS_VARIABLE, Metrics, MetricsError, ReactorLag, process_ended
 from otad.pool import WorkerPool
-from otad.renewal import CertificateKeeper, OperatorTLS, TLSFiles, not_after, open_operator_tls, warn_apple_rules
+from otad.renewal import CertificateKeeper, OperatorTLS, Refresh, TLSFiles, not_after, open_operator_tls, warn_apple_rules
 from otad.revocation import CRLPublisher
 from otad.site import build_operator_site, build_site
-from otad.store import Store, StoreThread
+from otad.store import Store, StoreThread, is_postgresql, open_database
 from otad.templates import DEFAULT_DIRECTORY, SUFFIXES, Template, load_templates
 from otad.tls import ServerTLS, TLSPolicy
 from otad.users import FirstPassword, first_user
@@ -214,7 +215,11 @@ class OtadService(MultiService):
         self.crypto.setServiceParent(self)
         self.auth = WorkerPool(reactor, "otad-auth", settings.auth_threads, queue=settings.auth_queue, metrics=metrics)
         self.auth.setServiceParent(self)
-        self.store = StoreThread(reactor, lambda: Store.open(settings.database), metrics=metrics)
+        location, connections = settings.store_location, settings.store_connections
+        # Several instances on one PostgreSQL database share its CA too (otad.ca_sharing).
+        self.shared = is_postgresql(location)
+        threads = connections if self.shared else 1
+        self.store = StoreThread(reactor, lambda: open_database(location, connections=connections), threads, metrics=metrics)
         self.store.setServiceParent(self)
         self.readiness = Readiness(self.store, reactor)
         self.ready_gauge = ReadinessGauge(self.readiness, metrics, reactor)
@@ -280,6 +285,30 @@ class OtadService(MultiService):
 
         return load
 
+    @property
+    def _keeps_shared_ca(self) -> bool:
+        """On a PostgreSQL store, this process (not a worker: its supervisor does) keeps certs/ in step with the database's copy."""
+        return self.shared and self._worker is None
+
+    def _refresher(self, create: bool, renew: bool = True) -> Refresh:
+        """How certs/ is loaded (and created or renewed): on the crypto pool, or, on a shared PostgreSQL store,
+        through the database's copy under its CA lock (otad.ca_sharing), on a store thread."""
+        load = self._authority_loader(create, renew)
+        if not self._keeps_shared_ca:
+            return lambda now, report, warn: self.crypto.run(load, now, report, warn)
+        certs_dir = self.settings.certs_dir
+
+        def refresh(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Deferred[Authority]:
+            def shared(store: Store) -> Authority:
+                authority, _, lines = synchronise(store, certs_dir, lambda: load(now, report, warn), now=now.timestamp())
+                for line in lines:
+                    report(line)
+                return authority
+
+            return self.store.call(shared)
+
+        return refresh
+
     async def _start(self) -> None:
         settings = self.settings
         worker = self._worker
@@ -297,14 +326,17 @@ class OtadService(MultiService):
         now = datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
         created: list[str] = []
         warnings: list[str] = []
+        if self._keeps_shared_ca:
+            # The CA comes from the database: open it first.
+            await self.store.open()
         # Workers only read certs/: their supervisor creates and renews.
-        load = self._authority_loader(create=worker is None, renew=worker is None)
-        authority = await self.crypto.run(load, now, created.append, warnings.append)
+        authority = await self._refresher(create=worker is None, renew=worker is None)(now, created.append, warnings.append)
         for line in created:
             log.info("certificates: {line}", line=line)
         for line in warnings:
             log.warn("certificates: {line}", line=line)
-        await self.store.open()
+        if not self._keeps_shared_ca:
+            await self.store.open()
         self.authority = authority
         self.metrics.own_certificates(not_after(authority))
         crls = CRLPublisher(authority, self.store, self.crypto, self._reactor, interval=settings.crl_check, metrics=self.metrics)
@@ -339,6 +371,8 @@ class OtadService(MultiService):
             self.crypto,
             self._reactor,
             after=self._pass_on_reload if self._supervising else None,
+            refresh=self._refresher(create=False, renew=worker is None),
+            generation=(lambda: self.store.call(lambda store: store.ca_generation())) if self._keeps_shared_ca else None,
             metrics=self.metrics,
         )
         self.keeper = keeper

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from otad.ca import Authority, bootstrap
 from otad.metrics import Metrics
 from otad.pool import WorkerPool
-from otad.store import Store, StoreThread
+from otad.store import StoreThread, open_database
 
 T = TypeVar("T")
 NOW = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC)
@@ -31,13 +31,19 @@ class InlinePool(WorkerPool):
 
 
 class InlineStoreThread(StoreThread):
-    """A StoreThread whose calls run inline, over a real SQLite store in a temporary file."""
+    """A StoreThread whose calls run inline, over a real store: a SQLite file, or a PostgreSQL database."""
 
     run = InlinePool.run  # type: ignore[assignment]
 
-    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
-        super().__init__(None, lambda: Store.open(path), metrics=metrics)  # type: ignore[arg-type]
+    def __init__(self, location: Path | str, metrics: Metrics | None = None) -> None:
+        super().__init__(None, lambda: open_database(location, connections=2), metrics=metrics)  # type: ignore[arg-type]
         self.open()
+
+    def close(self) -> None:
+        """Close the database (every connection, for PostgreSQL)."""
+        if self._database is not None:
+            self._database.close()
+            self._database = None
 
 
 @functools.cache
@@ -77,10 +83,12 @@ class MemorySite:
         anchors: tuple[Any, ...] = (),
         run_auth: Callable[..., Deferred[Any]] | None = None,
         network: Any = None,
+        store: Path | str | None = None,
         **settings: Any,
     ) -> None:
         """``run_auth`` replaces the inline pool for password checks (to count or hold them); ``network`` is the
-        reactor that reaches an LDAP directory (the real one: the clock here is fake)."""
+        reactor that reaches an LDAP directory (the real one: the clock here is fake); ``store`` is another store
+        location than the directory's SQLite file (a PostgreSQL database, another instance's file)."""
         import dataclasses
 
         from twisted.internet.task import Clock
@@ -99,7 +107,7 @@ class MemorySite:
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.metrics = Metrics()
-        self.store = InlineStoreThread(self.settings.database, metrics=self.metrics)
+        self.store = InlineStoreThread(store if store is not None else self.settings.store_location, metrics=self.metrics)
         pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = authority()
         self.crls = CRLPublisher(self.authority, self.store, pool, self.clock, metrics=self.metrics)
@@ -123,7 +131,7 @@ class MemorySite:
         self.operator_treq = _through(self.operator)
 
     def close(self) -> None:
-        self.store.call(lambda store: store.close())
+        self.store.close()
 
     async def fetch(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
         """One request; header names come back lower-cased."""

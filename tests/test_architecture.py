@@ -14,11 +14,44 @@ LAYERS = {
     **dict.fromkeys(("tap", "admin", "site", "workers", "worker"), 6),
     **dict.fromkeys(("web", "channel", "forwarded"), 5),
     **dict.fromkeys(
-        ("enrollment", "scep_responder", "issued", "renewal", "users", "directory", "logins", "revocation", "ocsp", "backup", "health"),
+        (
+            "enrollment",
+            "scep_responder",
+            "issued",
+            "renewal",
+            "ca_sharing",
+            "users",
+            "directory",
+            "logins",
+            "revocation",
+            "ocsp",
+            "backup",
+            "health",
+        ),
         4,
     ),
     **dict.fromkeys(
-        ("ca", "cms", "scep", "payloads", "templates", "device_trust", "device_attributes", "tls", "config", "store", "crl"), 3
+        (
+            "ca",
+            "cms",
+            "scep",
+            "payloads",
+            "templates",
+            "device_trust",
+            "device_attributes",
+            "tls",
+            "config",
+            "store",
+            "store.state",
+            "store.records",
+            "store.schema",
+            "store.sqlite",
+            "store.postgresql",
+            "store.thread",
+            "store.migrate",
+            "crl",
+        ),
+        3,
     ),
     **dict.fromkeys(("certificate_rules", "listeners"), 2),
     **dict.fromkeys(("errors", "files", "pool", "tokens", "udid", "systemd", "metrics", "jsonlog"), 1),
@@ -26,8 +59,12 @@ LAYERS = {
 
 
 def _module_name(path: Path) -> str:
+    """A module's dotted name under otad; a package's ``__init__`` is the package itself (``store``)."""
     relative = path.relative_to(PACKAGE).with_suffix("")
-    return ".".join(relative.parts)
+    parts = relative.parts
+    if len(parts) > 1 and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
 
 
 def _layer(module: str) -> int | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import plistlib
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.daemon import Daemon
 from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
 from tests.fakedevice import FakeDevice, UnexpectedResponse
 from tests.helpers import device_binding
+from tests.stores import PostgreSQLStore, SQLiteStore, raw
 
 
 @functools.cache
@@ -28,15 +28,19 @@ def apple() -> FakeAppleHierarchy:
     return FakeAppleHierarchy.create()
 
 
-class FlowTests(unittest.TestCase):
+class FlowTests(SQLiteStore, unittest.TestCase):
+    """On the SQLite store; PostgreSQLFlowTests runs every test again on PostgreSQL."""
+
     timeout = 120
 
-    async def started(self, *extra: str, data_dir: Path | None = None) -> Daemon:
+    async def started(self, *, config: str = "", data_dir: Path | None = None) -> Daemon:
+        """A daemon on a new data directory (or ``data_dir``), with ``config`` and the store's section in its config file."""
         if data_dir is None:
             data_dir = Path(self.mktemp()).absolute()
             data_dir.mkdir(parents=True)
             (data_dir / "anchors.pem").write_bytes(apple().anchors_pem())
-        daemon = Daemon(data_dir, ("--device-ca", str(data_dir / "anchors.pem"), *extra))
+            (data_dir / "otad.conf").write_text(config + self.store_config(data_dir))
+        daemon = Daemon(data_dir, ("--device-ca", str(data_dir / "anchors.pem"), "--config", str(data_dir / "otad.conf")))
         self.addCleanup(daemon.stop)
         await daemon.start()
         return daemon
@@ -110,7 +114,7 @@ class FlowTests(unittest.TestCase):
             again, again_payloads = await device.phase3()
             self.assertEqual(again["PayloadIdentifier"], outer["PayloadIdentifier"])
             self.assertNotEqual(again["PayloadUUID"], outer["PayloadUUID"])
-            store = Store.open_existing(daemon.data_dir / "otad.sqlite")
+            store = Store.open_existing(self.store_location(daemon.data_dir))
             self.addCleanup(store.close)
             assert device.scep_identity is not None
             self.assertEqual(store.delivery_count(format(device.scep_identity[0].serial_number, "x")), 2)
@@ -121,12 +125,7 @@ class FlowTests(unittest.TestCase):
         """PKCS#12 mode: phase 2 carries a <data> PKCS#12 with a password; the device imports it and runs phase 3."""
 
         async def run() -> None:
-            folder = Path(self.mktemp()).absolute()
-            folder.mkdir()
-            config = folder / "otad.conf"
-            config.write_text("[enrollment]\nidentity = pkcs12\n")
-            (folder / "anchors.pem").write_bytes(apple().anchors_pem())
-            daemon = await self.started("--config", str(config), data_dir=folder)
+            daemon = await self.started(config="[enrollment]\nidentity = pkcs12\n")
             device = self.device(daemon, "00008101-000A1B2C3D4E5F61")
             enrollment = await self.through_phase2(daemon, device, daemon.first_password)
             payload = enrollment["PayloadContent"][0]
@@ -198,18 +197,15 @@ class FlowTests(unittest.TestCase):
             self.assertIn(b"not a trusted device identity", look_alike.exception.response.body)
 
             serial = format(cert.serial_number, "x")
-            raw = sqlite3.connect(daemon.data_dir / "otad.sqlite")
-            raw.execute("UPDATE certificates SET not_after = 1 WHERE serial = ?", (serial,))
-            raw.commit()
+            location = self.store_location(daemon.data_dir)
+            raw(location, "UPDATE certificates SET not_after = 1 WHERE serial = ?", (serial,))
             with self.assertRaises(UnexpectedResponse) as expired:
                 await device.phase3()
             self.assertEqual(expired.exception.response.code, 403)
             self.assertIn(b"expired", expired.exception.response.body)
-            raw.execute("UPDATE certificates SET not_after = ? WHERE serial = ?", (cert.not_valid_after_utc.timestamp(), serial))
-            raw.commit()
-            raw.close()
+            raw(location, "UPDATE certificates SET not_after = ? WHERE serial = ?", (cert.not_valid_after_utc.timestamp(), serial))
 
-            store = Store.open_existing(daemon.data_dir / "otad.sqlite")
+            store = Store.open_existing(location)
             self.addCleanup(store.close)
             self.assertTrue(store.revoke(serial, reason="lost", now=time.time()))
             with self.assertRaises(UnexpectedResponse) as revoked:
@@ -218,3 +214,7 @@ class FlowTests(unittest.TestCase):
             self.assertIn(b"revoked", revoked.exception.response.body)
 
         return ensureDeferred(run())
+
+
+class PostgreSQLFlowTests(PostgreSQLStore, FlowTests):
+    """Every FlowTests test again, the daemon on a PostgreSQL store."""

@@ -1,22 +1,27 @@
 """Liveness and readiness on the operator's listener: /healthz answers while the reactor runs; /readyz says
-whether to send this otad requests (starting, the store, stopping, draining), in memory and on the daemon."""
+whether to send this otad requests (starting, the store, stopping, draining), in memory and on the daemon, on
+SQLite and on PostgreSQL (a server that stops, or turns read-only, and comes back)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
-from twisted.internet import reactor
+import psycopg
+from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from otad import config
 from otad.health import Readiness, ReadinessGauge
-from otad.store import Store, StoreThread
+from otad.store import StoreThread, open_database
 from otad.tap import OtadService
+from tests import postgres
 from tests.daemon import Daemon
 from tests.helpers import MemorySite
+from tests.stores import PostgreSQLStore
 
 
 class HealthTests(unittest.TestCase):
@@ -111,7 +116,7 @@ class HangingStoreTests(unittest.TestCase):
     def test_store_that_does_not_answer(self) -> None:
         """A store thread stuck on a long call makes /readyz not ready after the timeout, and probes meanwhile
         wait for the one outstanding check instead of queueing more work behind it."""
-        store = StoreThread(reactor, lambda: Store.open(Path(self.mktemp())))
+        store = StoreThread(reactor, lambda: open_database(Path(self.mktemp())))
         store.startService()
         self.addCleanup(store.stopService)
         readiness = Readiness(store, reactor, timeout=0.3)
@@ -165,5 +170,100 @@ class ReadinessDaemonTests(unittest.TestCase):
             await started
             ready = await client.get(daemon.metrics_url("/readyz"))
             self.assertEqual((ready.code, await ready.content()), (200, b"ready\n"))
+
+        return ensureDeferred(run())
+
+
+class PostgreSQLHealthTests(PostgreSQLStore, unittest.TestCase):
+    """Readiness over a PostgreSQL store, in memory: the same ping (a transaction that reads the schema version and
+    rolls back) tells a stopped or read-only server apart from one that could take a write."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        self.memory = MemorySite(directory, store=self.store_location(directory))
+        self.addCleanup(self.memory.close)
+        self.memory.readiness.ready()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        code, _, body = self.successResultOf(ensureDeferred(self.memory.fetch_operator(path)))
+        return code, body
+
+    def test_server_stopped_then_back(self) -> None:
+        """With the PostgreSQL server stopped /readyz is 503 with the store's reason in one line (once the store
+        has given up retrying); after the server restarts the same process is ready again by itself."""
+        self.assertEqual(self.get("/readyz"), (200, b"ready\n"))
+        cluster = postgres.cluster()
+        cluster.stop()
+        try:
+            code, body = self.get("/readyz")
+        finally:
+            cluster.start()
+        self.assertEqual(code, 503)
+        self.assertTrue(body.startswith(b"not ready: store: the state database is unavailable: "), body)
+        self.assertEqual(body.count(b"\n"), 1)
+        self.assertEqual(self.get("/readyz"), (200, b"ready\n"))
+
+    def test_read_only_server(self) -> None:
+        """A server whose transactions are read-only (default_transaction_read_only, as on a standby) answers the
+        ping's read but could take no write: /readyz is 503 saying so; once it can write again, 200."""
+        admin = psycopg.connect(postgres.cluster().url(), autocommit=True)
+        self.addCleanup(admin.close)
+
+        def read_only(on: bool) -> None:
+            admin.execute(f"ALTER SYSTEM {'SET default_transaction_read_only = on' if on else 'RESET default_transaction_read_only'}")
+            admin.execute("SELECT pg_reload_conf()")
+            # Every backend takes the reloaded setting before its next command.
+            time.sleep(0.3)
+
+        self.addCleanup(read_only, False)
+        self.assertEqual(self.get("/readyz"), (200, b"ready\n"))
+        read_only(True)
+        code, body = self.get("/readyz")
+        self.assertEqual(code, 503)
+        self.assertTrue(body.startswith(b"not ready: store: the state database is unavailable: "), body)
+        self.assertTrue(body.endswith(b" is read-only (transaction_read_only is on)\n"), body)
+        read_only(False)
+        self.assertEqual(self.get("/readyz"), (200, b"ready\n"))
+
+
+class PostgreSQLReadinessDaemonTests(PostgreSQLStore, unittest.TestCase):
+    timeout = 180
+
+    def test_server_stopped_then_back(self) -> None:
+        """The real daemon on a PostgreSQL store is ready; with the server stopped its /readyz turns 503 naming the
+        store, and once the server is back it is ready again by itself, without a restart."""
+
+        async def readyz(daemon: Daemon) -> tuple[int, bytes]:
+            response = await daemon.operator_client().get(daemon.metrics_url("/readyz"))
+            return response.code, await response.content()
+
+        async def until(daemon: Daemon, wanted: int) -> tuple[int, bytes]:
+            deadline = time.monotonic() + 30
+            while True:
+                code, body = await readyz(daemon)
+                if code == wanted or time.monotonic() > deadline:
+                    return code, body
+                await deferLater(reactor, 0.2, lambda: None)
+
+        async def run() -> None:
+            data_dir = Path(self.mktemp()).absolute()
+            data_dir.mkdir()
+            (data_dir / "otad.conf").write_text(self.store_config(data_dir) + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
+            daemon = Daemon(data_dir, ("--config", str(data_dir / "otad.conf")))
+            self.addCleanup(daemon.stop)
+            await daemon.start()
+            self.assertEqual(await readyz(daemon), (200, b"ready\n"))
+            cluster = postgres.cluster()
+            await threads.deferToThread(cluster.stop)
+            try:
+                code, body = await until(daemon, 503)
+            finally:
+                await threads.deferToThread(cluster.start)
+            self.assertEqual(code, 503)
+            self.assertTrue(body.startswith(b"not ready: store: "), body)
+            self.assertEqual(await until(daemon, 200), (200, b"ready\n"))
+            self.assertIsNone(daemon.exit_code)
 
         return ensureDeferred(run())

@@ -1,5 +1,6 @@
 """otad's Prometheus metrics: what each step, refusal, pool and certificate does to them, in memory, in
-several processes sharing one directory, and on the real daemon's metrics listener after an enrollment."""
+several processes sharing one directory, and on the real daemon's metrics listener after an enrollment; the
+store's calls and purges on SQLite and on PostgreSQL (where a call retried after a lost connection is one call)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,14 @@ from twisted.trial import unittest
 
 from otad.metrics import ROLES, Metrics, MetricsError, ReactorLag, process_ended
 from otad.pool import WorkerPool
+from otad.store import Store, StoreUnavailable
 from otad.tap import purge
+from tests import postgres
 from tests.daemon import ROOT, Daemon
 from tests.fakeapple import FakeAppleHierarchy
 from tests.fakedevice import FakeDevice
 from tests.helpers import InlineStoreThread, MemorySite
+from tests.stores import PostgreSQLStore, SQLiteStore
 
 UDID = "0000FAKE-00AA11BB22CC33DD"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -210,30 +214,6 @@ class MetricsTests(unittest.TestCase):
         assert record is not None
         self.assertEqual(value(second, "otad_crl_next_update_timestamp_seconds"), record.next_update)
 
-    def test_purge_counts_challenges_that_expired_unused(self) -> None:
-        """The hourly purge counts challenges that expired since the last purge with uses left, by kind; used ones,
-        revoked ones and ones counted by an earlier purge are not counted."""
-        metrics = Metrics()
-        store = InlineStoreThread(Path(self.mktemp()))
-        self.addCleanup(lambda: store.call(lambda db: db.close()))
-
-        def setup(db: Any) -> None:
-            db.add_challenge(b"1" * 32, "enroll", "alice", now=0, ttl=100)
-            db.add_challenge(b"2" * 32, "scep", UDID, now=0, ttl=200)
-            db.add_challenge(b"3" * 32, "scep", UDID, now=0, ttl=200)
-            db.consume_challenge(b"3" * 32, ("scep",), now=10)
-            revoked = db.add_challenge(b"4" * 32, "static", None, now=0, ttl=200)
-            db.revoke_challenge(revoked, now=10)
-            db.add_challenge(b"5" * 32, "static", None, now=0, ttl=5000)
-
-        self.successResultOf(store.call(setup))
-        self.successResultOf(purge(store, metrics, since=50, now=3600, window=900))
-        self.successResultOf(purge(store, metrics, since=3600, now=7200, window=900))
-        samples = parse(metrics.render()[0].decode())
-        self.assertEqual(value(samples, "otad_challenges_expired_total", kind="enroll"), 1)
-        self.assertEqual(value(samples, "otad_challenges_expired_total", kind="scep"), 1)
-        self.assertEqual(value(samples, "otad_challenges_expired_total", kind="static"), 1)
-
     def test_pool_gauges_follow_running_and_waiting_calls(self) -> None:
         """A one-thread pool with three calls in it reports one running and two waiting; a fourth past its queue is
         refused and counted; once they finish both gauges are back at zero."""
@@ -314,6 +294,111 @@ import sys
 from otad.metrics import Metrics
 sys.stdout.write(Metrics().render()[0].decode())
 """
+
+
+class StoreMetricsContract:
+    """What the store's calls and the hourly purge do to the metrics, on every engine; mixed into a TestCase with an
+    engine mixin (``tests.stores``)."""
+
+    # TestCase's and the engine mixin's, provided by the class this is mixed into.
+    assertEqual: Any
+    addCleanup: Any
+    mktemp: Any
+    successResultOf: Any
+    store_location: Any
+
+    def store(self, metrics: Metrics | None = None) -> InlineStoreThread:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        store = InlineStoreThread(self.store_location(directory), metrics=metrics)
+        self.addCleanup(store.close)
+        return store
+
+    def samples(self, metrics: Metrics) -> Samples:
+        return parse(metrics.render()[0].decode())
+
+    def test_purge_counts_challenges_that_expired_unused(self) -> None:
+        """The hourly purge counts challenges that expired since the last purge with uses left, by kind; used ones,
+        revoked ones and ones counted by an earlier purge are not counted."""
+        metrics = Metrics()
+        store = self.store()
+
+        def setup(db: Any) -> None:
+            db.add_challenge(b"1" * 32, "enroll", "alice", now=0, ttl=100)
+            db.add_challenge(b"2" * 32, "scep", UDID, now=0, ttl=200)
+            db.add_challenge(b"3" * 32, "scep", UDID, now=0, ttl=200)
+            db.consume_challenge(b"3" * 32, ("scep",), now=10)
+            revoked = db.add_challenge(b"4" * 32, "static", None, now=0, ttl=200)
+            db.revoke_challenge(revoked, now=10)
+            db.add_challenge(b"5" * 32, "static", None, now=0, ttl=5000)
+
+        self.successResultOf(store.call(setup))
+        self.successResultOf(purge(store, metrics, since=50, now=3600, window=900))
+        self.successResultOf(purge(store, metrics, since=3600, now=7200, window=900))
+        samples = parse(metrics.render()[0].decode())
+        self.assertEqual(value(samples, "otad_challenges_expired_total", kind="enroll"), 1)
+        self.assertEqual(value(samples, "otad_challenges_expired_total", kind="scep"), 1)
+        self.assertEqual(value(samples, "otad_challenges_expired_total", kind="static"), 1)
+
+    def test_calls_measured_as_reads_and_writes(self) -> None:
+        """A call that began a transaction is measured as one write, one that only read as one read, and the
+        readiness ping (a transaction it rolls back, taking no write) as a read; none of them is an error."""
+        metrics = Metrics()
+        store = self.store(metrics)
+        self.successResultOf(store.call(lambda db: db.add_challenge(b"1" * 32, "static", None, now=0, ttl=100)))
+        self.successResultOf(store.call(lambda db: db.challenges()))
+        self.successResultOf(store.call(Store.ping))
+        samples = self.samples(metrics)
+        self.assertEqual(value(samples, "otad_store_operation_duration_seconds_count", operation="write"), 1)
+        self.assertEqual(value(samples, "otad_store_operation_duration_seconds_count", operation="read"), 2)
+        self.assertEqual(value(samples, "otad_store_errors_total", operation="write"), 0)
+        self.assertEqual(value(samples, "otad_store_errors_total", operation="read"), 0)
+
+
+class SQLiteStoreMetricsTests(SQLiteStore, StoreMetricsContract, unittest.TestCase):
+    pass
+
+
+class PostgreSQLStoreMetricsTests(PostgreSQLStore, StoreMetricsContract, unittest.TestCase):
+    timeout = 120
+
+    def test_retried_call_is_measured_once(self) -> None:
+        """A write whose connection the server drops before COMMIT runs again on a new connection: that is one
+        write in the metrics, not two, and no error."""
+        metrics = Metrics()
+        store = self.store(metrics)
+        attempts: list[int] = []
+
+        def write(db: Store) -> None:
+            attempts.append(1)
+            with db.transaction():
+                db.record_event(now=0.0, kind="retried", outcome="ok")
+                if len(attempts) == 1:
+                    db._db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        self.successResultOf(store.call(write))
+        self.assertEqual(len(attempts), 2)
+        samples = self.samples(metrics)
+        self.assertEqual(value(samples, "otad_store_operation_duration_seconds_count", operation="write"), 1)
+        self.assertEqual(value(samples, "otad_store_operation_duration_seconds_count", operation="read"), 0)
+        self.assertEqual(value(samples, "otad_store_errors_total", operation="write"), 0)
+
+    def test_unavailable_call_is_one_error(self) -> None:
+        """With the server stopped a read retries for its few seconds and then fails: one read, measured over all
+        its retries, and one store error."""
+        metrics = Metrics()
+        store = self.store(metrics)
+        cluster = postgres.cluster()
+        cluster.stop()
+        try:
+            self.failureResultOf(store.call(lambda db: db.events()), StoreUnavailable)
+        finally:
+            cluster.start()
+        samples = self.samples(metrics)
+        self.assertEqual(value(samples, "otad_store_operation_duration_seconds_count", operation="read"), 1)
+        self.assertGreater(value(samples, "otad_store_operation_duration_seconds_sum", operation="read"), 2.0)
+        self.assertEqual(value(samples, "otad_store_errors_total", operation="read"), 1)
+        self.assertEqual(value(samples, "otad_store_operation_duration_seconds_count", operation="write"), 0)
 
 
 class MultiprocessTests(unittest.TestCase):

@@ -27,6 +27,7 @@ from otad.revocation import CRL_VALIDITY, CRLPublisher
 from otad.scep_responder import SCEPResponder
 from tests.fakedevice import FakeDevice, decrypt_enveloped, read_cert_rep
 from tests.helpers import InlinePool, MemorySite
+from tests.stores import PostgreSQLStore, SQLiteStore
 from tests.test_profile import _basic, _content, apple
 from tests.test_scep_responder import SCEPHarness, _key, _pki_message
 
@@ -256,3 +257,70 @@ class SCEPURLTests(unittest.TestCase):
         _, _, body = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=device.phase2_body(challenge))))
         [scep] = _content(body)["PayloadContent"]
         self.assertEqual(scep["PayloadContent"]["URL"], "http://otad.example.com:8080/scep")
+
+
+class SharedStoreRevocation:
+    """Two otad instances (two sites, each with its own data directory) on one store: what one of them keeps in
+    memory never hides a revocation the other recorded. Mixed with an engine from tests.stores."""
+
+    store_location: Any
+    mktemp: Any
+    addCleanup: Any
+    assertEqual: Any
+    successResultOf: Any
+
+    def setUp(self) -> None:
+        data_dir = Path(self.mktemp())
+        location = self.store_location(data_dir)
+        self.first = MemorySite(data_dir, store=location)
+        self.second = MemorySite(Path(self.mktemp()), store=location)
+        for memory in (self.first, self.second):
+            self.addCleanup(memory.close)
+            memory.clock.advance(datetime.datetime.now(datetime.UTC).timestamp() - memory.clock.seconds())
+
+    def ocsp_status(self, memory: MemorySite, cert: x509.Certificate) -> ocsp.OCSPCertStatus:
+        code, _, body = self.successResultOf(
+            ensureDeferred(
+                memory.fetch(
+                    "POST",
+                    "/ocsp",
+                    data=_request(cert, memory.authority.root.cert),
+                    headers={b"content-type": [b"application/ocsp-request"]},
+                )
+            )
+        )
+        self.assertEqual(code, 200)
+        return ocsp.load_der_ocsp_response(body).certificate_status
+
+    def test_cached_good_answer_not_served_after_a_revocation_elsewhere(self) -> None:
+        """The second instance has a signed "good" answer cached; the first revokes the certificate; the second's
+        very next answer says revoked, because every answer starts from the store's record."""
+        cert = _issue(self.first, 8)
+        self.assertEqual(self.ocsp_status(self.second, cert), ocsp.OCSPCertStatus.GOOD)
+        self.assertEqual(self.ocsp_status(self.second, cert), ocsp.OCSPCertStatus.GOOD)
+        serial = ca.serial_hex(cert.serial_number)
+        self.first.store.call(lambda store: store.revoke(serial, reason="keyCompromise", now=self.first.clock.seconds()))
+        self.assertEqual(self.ocsp_status(self.second, cert), ocsp.OCSPCertStatus.REVOKED)
+
+    def test_crl_published_by_one_is_served_by_the_other_at_its_next_check(self) -> None:
+        """After a revocation the first instance publishes a new CRL; the second serves it from its next check on
+        (every crl_check, 1 minute by default): the same number and the same bytes, not a second signature."""
+        for memory in (self.first, self.second):
+            self.successResultOf(ensureDeferred(memory.crls.check()))
+        cert = _issue(self.first, 9)
+        serial = ca.serial_hex(cert.serial_number)
+        self.first.store.call(lambda store: store.revoke(serial, reason="superseded", now=self.first.clock.seconds()))
+        self.successResultOf(ensureDeferred(self.first.crls.check()))
+        self.successResultOf(ensureDeferred(self.second.crls.check()))
+        assert self.first.crls.record is not None and self.second.crls.record is not None
+        self.assertEqual((self.second.crls.record.number, self.second.crls.current), (2, self.first.crls.current))
+        listed = x509.load_der_x509_crl(self.second.crls.current or b"")
+        self.assertEqual([entry.serial_number for entry in listed], [cert.serial_number])
+
+
+class SQLiteSharedStoreRevocationTests(SQLiteStore, SharedStoreRevocation, unittest.TestCase):
+    pass
+
+
+class PostgreSQLSharedStoreRevocationTests(PostgreSQLStore, SharedStoreRevocation, unittest.TestCase):
+    pass

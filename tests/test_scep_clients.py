@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.daemon import ROOT, Daemon
+from tests.stores import PostgreSQLStore, SQLiteStore
 
 CERTMONGER = "/usr/lib/certmonger/certmonger-session"
 GETCERT = "/usr/bin/getcert"
@@ -131,7 +132,9 @@ def _field(listing: str, name: str) -> str | None:
     return None
 
 
-class SCEPClientTests(unittest.TestCase):
+class SCEPClientTests(SQLiteStore, unittest.TestCase):
+    """On the SQLite store; PostgreSQLSCEPClientTests runs every test again on PostgreSQL."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -150,7 +153,7 @@ class SCEPClientTests(unittest.TestCase):
         """otad on plain HTTP, with the RA layout given ([scep] ra_layout)."""
         folder = self.directory()
         config = folder / "otad.conf"
-        config.write_text(f"[scep]\nra_layout = {ra_layout}\n")
+        config.write_text(f"[scep]\nra_layout = {ra_layout}\n" + self.store_config(folder / "data"))
         daemon = Daemon(folder / "data", ("--config", str(config)), listen="tcp:0:interface=127.0.0.1")
         daemon.data_dir.mkdir()
         self.addCleanup(daemon.stop)
@@ -166,7 +169,20 @@ class SCEPClientTests(unittest.TestCase):
         environment = {"PATH": _PATH, "PYTHONPATH": str(ROOT)}
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
-            ["-m", "otad.admin", "--data-dir", str(daemon.data_dir), "challenge", "create", "--uses", str(uses), "--ttl", "10m"],
+            [
+                "-m",
+                "otad.admin",
+                "--data-dir",
+                str(daemon.data_dir),
+                "--config",
+                str(daemon.data_dir.parent / "otad.conf"),
+                "challenge",
+                "create",
+                "--uses",
+                str(uses),
+                "--ttl",
+                "10m",
+            ],
             env=environment,
             path=str(ROOT),
             reactor=reactor,
@@ -452,3 +468,7 @@ class SCEPClientTests(unittest.TestCase):
             self.assertFalse(cert.exists())
 
         return ensureDeferred(run())
+
+
+class PostgreSQLSCEPClientTests(PostgreSQLStore, SCEPClientTests):
+    """Every SCEPClientTests test again, the daemon on a PostgreSQL store."""

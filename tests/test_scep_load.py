@@ -6,7 +6,6 @@ Every certificate a client received must be in the store, with the same DER.
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -40,6 +40,7 @@ from tests.fakedevice import (
     select_scep_certs,
     sign_cms,
 )
+from tests.stores import PostgreSQLStore, SQLiteStore, raw
 
 LISTEN = "tcp:0:interface=127.0.0.1"
 SUBJECT = [[["O", "Load Test"]], [["CN", "load"]]]
@@ -93,10 +94,10 @@ class SCEPClient:
         return body
 
 
-def static_challenge(database: Path, uses: int) -> tuple[str, int]:
-    """A static challenge written straight into the running daemon's store (WAL allows a second connection)."""
+def static_challenge(location: Path | str, uses: int) -> tuple[str, int]:
+    """A static challenge written straight into the running daemon's store (a second connection, as otad-admin's)."""
     token, digest = tokens.mint()
-    store = Store.open_existing(database)
+    store = Store.open_existing(location)
     try:
         return token, store.add_challenge(digest, "static", None, now=time.time(), ttl=3600, uses=uses)
     finally:
@@ -192,13 +193,20 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-class SCEPLoadTests(unittest.TestCase):
+class SCEPLoadTests(SQLiteStore, unittest.TestCase):
+    """On the SQLite store; PostgreSQLSCEPLoadTests runs every test again on PostgreSQL."""
+
     timeout = 180
 
     def new_daemon(self, data_dir: Path) -> Daemon:
-        daemon = Daemon(data_dir, listen=LISTEN)
+        (data_dir / "otad.conf").write_text(self.store_config(data_dir))
+        daemon = Daemon(data_dir, ("--config", str(data_dir / "otad.conf")), listen=LISTEN)
         self.addCleanup(daemon.stop)
         return daemon
+
+    async def check_after_crash(self, location: Path | str) -> None:
+        """The database a killed daemon was writing to is sound: SQLite's own integrity check passes."""
+        self.assertEqual(raw(location, "PRAGMA integrity_check"), [("ok",)])
 
     def new_client(self, port: int, concurrency: int) -> SCEPClient:
         client = SCEPClient(port, concurrency)
@@ -219,7 +227,8 @@ class SCEPLoadTests(unittest.TestCase):
             port = await daemon.start()
             client = self.new_client(port, 50)
             recipient, ca_certs = await client.ra()
-            token, challenge_id = static_challenge(data_dir / "otad.sqlite", 200)
+            location = self.store_location(data_dir)
+            token, challenge_id = static_challenge(location, 200)
             requests = await build_requests(201, recipient, token, "LOAD")
 
             replies, errors = await burst(requests[:200], client.pki_operation, 50)
@@ -230,7 +239,7 @@ class SCEPLoadTests(unittest.TestCase):
             serials = {serial_hex(cert.serial_number): der(cert) for cert in issued}
             self.assertEqual(len(serials), 200)
 
-            store = Store.open_existing(data_dir / "otad.sqlite")
+            store = Store.open_existing(location)
             self.addCleanup(store.close)
             records = store.certificates()
             self.assertEqual({record.serial: record.der for record in records}, serials)
@@ -254,7 +263,7 @@ class SCEPLoadTests(unittest.TestCase):
 
         async def run() -> None:
             data_dir = self.data_dir()
-            database = data_dir / "otad.sqlite"
+            database = self.store_location(data_dir)
             daemon = self.new_daemon(data_dir)
             port = await daemon.start()
             client = self.new_client(port, 20)
@@ -277,10 +286,8 @@ class SCEPLoadTests(unittest.TestCase):
             self.assertEqual(refused, [])
             self.assertEqual(len(issued), len(replies))
 
-            # The crashed database opens, passes SQLite's own check, and holds every certificate a client got.
-            connection = sqlite3.connect(database)
-            self.assertEqual(connection.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
-            connection.close()
+            # The crashed daemon's database is sound, opens, and holds every certificate a client got.
+            await self.check_after_crash(database)
             store = Store.open_existing(database)
             records = {record.serial: record for record in store.certificates()}
             for cert in issued:
@@ -336,7 +343,35 @@ class WorkersSCEPLoadTests(SCEPLoadTests):
 
     def new_daemon(self, data_dir: Path) -> Daemon:
         config = data_dir.parent / f"{data_dir.name}-workers.conf"
-        config.write_text("[server]\nworkers = 2\n")
+        config.write_text("[server]\nworkers = 2\n" + self.store_config(data_dir))
         daemon = Daemon(data_dir, ["--config", str(config)], listen=LISTEN)
         self.addCleanup(daemon.stop)
         return daemon
+
+
+class PostgreSQLCrashCheck:
+    """After the kill, on PostgreSQL: the killed daemon's sessions end."""
+
+    assertEqual: Any
+
+    async def check_after_crash(self, location: Path | str) -> None:
+        """The killed daemon's sessions end (the server saw the sockets close) and none is left holding a transaction
+        open, so nothing it had not committed survives and nothing it locked stays locked."""
+        deadline = time.monotonic() + 20
+        while True:
+            [(left,)] = raw(
+                location,
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            if not left or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.1)
+        self.assertEqual(left, 0)
+
+
+class PostgreSQLSCEPLoadTests(PostgreSQLCrashCheck, PostgreSQLStore, SCEPLoadTests):
+    """Every SCEPLoadTests test again, the daemon on a PostgreSQL store."""
+
+
+class PostgreSQLWorkersSCEPLoadTests(PostgreSQLCrashCheck, PostgreSQLStore, WorkersSCEPLoadTests):
+    """The workers' burst and kill on PostgreSQL: every worker has its own pool of connections to one database."""

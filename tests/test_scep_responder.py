@@ -55,6 +55,7 @@ from tests.fakedevice import (
     verify_signed,
 )
 from tests.helpers import InlinePool, InlineStoreThread, authority, device_binding
+from tests.stores import PostgreSQLStore, SQLiteStore
 
 DATA = Path(__file__).parent / "data" / "micromdm-scep"
 CAPTURE = DATA / "PKCSReq-macos.der"
@@ -157,10 +158,12 @@ def _enveloped_cipher(content: bytes) -> str:
     return str(enveloped["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native)
 
 
-class SCEPHarness:
+class SCEPHarness(SQLiteStore):
     """A SCEPResponder over the shared test CA, an inline store and a fake clock, with request helpers.
 
-    ``publication`` is where issued certificates say their CRL and OCSP responder are.
+    ``publication`` is where issued certificates say their CRL and OCSP responder are. The store is
+    SQLite unless ``PostgreSQLStore`` comes first in the test class's bases; ``db`` is a second
+    connection to it, as otad-admin would have.
     """
 
     publication = Publication()
@@ -173,8 +176,10 @@ class SCEPHarness:
         # Real time: the test CA was bootstrapped now, and certificates must fall inside its validity.
         self.clock.advance(time.time())
         self.metrics = Metrics()
-        self.store = InlineStoreThread(self.settings.database)
-        self.db: Store = self.successResultOf(self.store.call(lambda store: store))
+        location = self.store_location(directory)
+        self.store = InlineStoreThread(location)
+        self.addCleanup(self.store.close)
+        self.db: Store = Store.open_existing(location)
         self.addCleanup(self.db.close)
         self.pool = InlinePool(None, "inline", 1)  # type: ignore[arg-type]
         self.authority = dataclasses.replace(authority(), publication=self.publication)
@@ -738,3 +743,7 @@ class SCEPResponderTests(SCEPHarness, unittest.TestCase):
             with self.assertRaises(Refusal) as raised:
                 decode_message(bad)
             self.assertEqual(raised.exception.code, 400)
+
+
+class PostgreSQLSCEPResponderTests(PostgreSQLStore, SCEPResponderTests):
+    """Every SCEPResponderTests test again, on a PostgreSQL store."""

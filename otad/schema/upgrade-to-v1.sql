@@ -19,7 +19,7 @@ CREATE TABLE events (
     at REAL NOT NULL,
     kind TEXT NOT NULL,
     outcome TEXT NOT NULL,
-    user TEXT,
+    "user" TEXT,
     udid TEXT,
     serial TEXT,
     reason TEXT

@@ -1,7 +1,7 @@
 -- otad state, version 2: devices, the certificates otad issues, and phase-3 deliveries.
 CREATE TABLE devices (
     udid TEXT PRIMARY KEY,
-    user TEXT,
+    "user" TEXT,
     -- the device attributes of its newest phase-2 request, as JSON
     attributes TEXT NOT NULL,
     first_seen REAL NOT NULL,
