@@ -4,6 +4,7 @@ SQLite and on PostgreSQL (a server that stops, or turns read-only, and comes bac
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from pathlib import Path
@@ -207,7 +208,8 @@ class PostgreSQLHealthTests(PostgreSQLStore, unittest.TestCase):
 
     def test_read_only_server(self) -> None:
         """A server whose transactions are read-only (default_transaction_read_only, as on a standby) answers the
-        ping's read but could take no write: /readyz is 503 saying so; once it can write again, 200."""
+        ping's read but could take no write: /readyz is 503 saying so, and a device's login (which writes its
+        challenge) gets 503 too, not 500; once it can write again, 200 for both."""
         admin = psycopg.connect(postgres.cluster().url(), autocommit=True)
         self.addCleanup(admin.close)
 
@@ -224,8 +226,14 @@ class PostgreSQLHealthTests(PostgreSQLStore, unittest.TestCase):
         self.assertEqual(code, 503)
         self.assertTrue(body.startswith(b"not ready: store: the state database is unavailable: "), body)
         self.assertTrue(body.endswith(b" is read-only (transaction_read_only is on)\n"), body)
+        login = {b"authorization": [b"Basic " + base64.b64encode(b"alice:correct horse")]}
+        code, _, body = self.successResultOf(ensureDeferred(self.memory.fetch("GET", "/enroll", headers=login)))
+        self.assertEqual((code, body.count(b"\n")), (503, 1), body)
+        self.assertIn(b"cannot take writes now", body)
         read_only(False)
         self.assertEqual(self.get("/readyz"), (200, b"ready\n"))
+        code, _, body = self.successResultOf(ensureDeferred(self.memory.fetch("GET", "/enroll", headers=login)))
+        self.assertEqual(code, 200, body)
 
 
 class PostgreSQLReadinessDaemonTests(PostgreSQLStore, unittest.TestCase):

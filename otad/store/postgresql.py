@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
+import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
@@ -204,6 +205,10 @@ class PostgreSQLDatabase(Database):
                 with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as connection:
                     store = Store(PostgreSQLConnection(connection, self.location))
                     return operation(store)
+            except psycopg.errors.ReadOnlySqlTransaction as error:
+                # A standby, or a primary put into read-only mode: nothing was written, and waiting
+                # here would not change it (a failover moves the address instead).
+                raise StoreUnavailable(f"the state database cannot take writes now: {_first_line(error)}") from None
             except psycopg.OperationalError as error:
                 # Lost or refused connections, a server shutting down, deadlocks and serialization
                 # failures (both rolled back), and the pool's own timeout are all OperationalErrors.
