@@ -44,6 +44,7 @@ from otad.config import Config
 from otad.errors import Unavailable, printable
 from otad.logins import NotPermitted
 from otad.pool import PoolFull
+from otad.users import credential_bytes
 
 log = Logger()
 T = TypeVar("T")
@@ -128,12 +129,7 @@ class DirectoryChecker:
         self._files: _Files | None = None
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
-        name, password = credentials.username, credentials.password
-        if isinstance(name, str):
-            name = name.encode("utf-8")
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        return ensureDeferred(self._check(name, password))
+        return ensureDeferred(self._check(*credential_bytes(credentials)))
 
     async def _check(self, name: bytes, password: bytes) -> bytes | tuple[()]:
         try:

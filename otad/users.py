@@ -99,6 +99,15 @@ def remove_user(path: Path, name: bytes) -> bool:
     return True
 
 
+def credential_bytes(credentials: IUsernamePassword) -> tuple[bytes, bytes]:
+    """The name and password as bytes (twisted.cred allows str), as every checker compares them."""
+    name, password = credentials.username, credentials.password
+    return (
+        name.encode("utf-8") if isinstance(name, str) else name,
+        password.encode("utf-8") if isinstance(password, str) else password,
+    )
+
+
 FIRST_USER = b"apple"
 
 
@@ -196,9 +205,4 @@ class HtpasswdChecker:
         return name
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
-        name, password = credentials.username, credentials.password
-        if isinstance(name, str):
-            name = name.encode("utf-8")
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        return self._run(self._check, name, password)
+        return self._run(self._check, *credential_bytes(credentials))
