@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,40 @@ class InlineStoreThread(StoreThread):
         if self._database is not None:
             self._database.close()
             self._database = None
+
+
+# Tables that grow with every enrollment; a small table (crls, ca_files, schema_version) may be scanned.
+_GROWING_TABLES = ("certificates", "devices", "deliveries", "events", "challenges", "scep_requests", "login_failures")
+
+
+def _sqlite_connection(store: InlineStoreThread) -> Any:
+    """The sqlite3 connection under an InlineStoreThread over a SQLite file."""
+    return store._database.store._db._db  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def traced_statements(store: InlineStoreThread) -> Iterator[list[str]]:
+    """Every SELECT, INSERT, UPDATE and DELETE run on a SQLite store inside the block, with its parameters written in."""
+    connection = _sqlite_connection(store)
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    try:
+        yield statements
+    finally:
+        connection.set_trace_callback(None)
+        statements[:] = [sql for sql in statements if sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT"))]
+
+
+def growing_table_scans(store: InlineStoreThread, statements: list[str]) -> dict[str, str]:
+    """The statements whose SQLite query plan reads a growing table whole, each with that plan step."""
+    connection = _sqlite_connection(store)
+    scans = {}
+    for sql in statements:
+        for *_, detail in connection.execute("EXPLAIN QUERY PLAN " + sql):
+            words = detail.split()
+            if words[:1] == ["SCAN"] and words[1] in _GROWING_TABLES and "USING" not in words:
+                scans[sql] = detail
+    return scans
 
 
 @functools.cache

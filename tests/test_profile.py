@@ -20,7 +20,7 @@ from otad.ca import issue_client_certificate, serial_hex
 from otad.device_trust import load_anchors
 from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
 from tests.fakedevice import FakeDevice, sign_cms
-from tests.helpers import MemorySite
+from tests.helpers import MemorySite, growing_table_scans, traced_statements
 
 DATA = Path(__file__).parent / "data"
 UDID = "0000FAKE-0011223344556677"
@@ -298,3 +298,29 @@ class Phase3InMemoryTests(unittest.TestCase):
         self.assertIn(b"invalid profile", reason)
         self.assertEqual(memory.events()[0].outcome, "error")
         self.assertEqual(self.successResultOf(memory.store.call(lambda store: store.delivery_count(serial_hex(12345)))), 0)
+
+
+class FlowQueryPlanTests(unittest.TestCase):
+    def test_no_statement_reads_a_growing_table_whole(self) -> None:
+        """A failed login, then phase 1, phase 2 (PKCS#12) and phase 3 twice find their rows by index, in SQLite's own query
+        plans: a full scan of a table that grows with every enrollment would make each one cost more than the last."""
+        memory = MemorySite(Path(self.mktemp()), anchors=(apple().root,), identity="pkcs12")
+        self.addCleanup(memory.close)
+        device = FakeDevice(None, "https://otad.test", None, apple(), UDID)
+
+        def fetch(method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+            code, _, body = self.successResultOf(ensureDeferred(memory.fetch(method, path, **kwargs)))
+            return code, body
+
+        with traced_statements(memory.store) as statements:
+            wrong = {b"authorization": [b"Basic " + base64.b64encode(b"alice:wrong")]}
+            self.assertEqual(fetch("GET", "/enroll", headers=wrong)[0], 401)
+            code, body = fetch("GET", "/enroll", headers=_basic())
+            self.assertEqual(code, 200)
+            code, body = fetch("POST", "/profile", data=device.phase2_body(str(_content(body)["PayloadContent"]["Challenge"])))
+            self.assertEqual(code, 200)
+            device.install_pkcs12(_content(body)["PayloadContent"][0])
+            for _ in range(2):
+                self.assertEqual(fetch("POST", "/profile", data=device.phase3_body())[0], 200)
+        self.assertTrue(any("deliveries" in sql for sql in statements), statements)
+        self.assertEqual(growing_table_scans(memory.store, statements), {})

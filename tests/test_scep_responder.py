@@ -54,7 +54,7 @@ from tests.fakedevice import (
     sign_cms,
     verify_signed,
 )
-from tests.helpers import InlinePool, InlineStoreThread, authority, device_binding
+from tests.helpers import InlinePool, InlineStoreThread, authority, device_binding, growing_table_scans, traced_statements
 from tests.stores import PostgreSQLStore, SQLiteStore
 
 DATA = Path(__file__).parent / "data" / "micromdm-scep"
@@ -747,3 +747,28 @@ class SCEPResponderTests(SCEPHarness, unittest.TestCase):
 
 class PostgreSQLSCEPResponderTests(PostgreSQLStore, SCEPResponderTests):
     """Every SCEPResponderTests test again, on a PostgreSQL store."""
+
+
+class SCEPQueryPlanTests(SCEPHarness, unittest.TestCase):
+    """SQLite's own query plans for what a SCEP enrollment asks the store (PostgreSQL plans tiny tables differently)."""
+
+    def test_no_statement_reads_a_growing_table_whole(self) -> None:
+        """A PKCSReq, a CertPoll for it and a retried PKCSReq find their rows by index: a full scan of a table that
+        grows with every certificate would make each enrollment cost more than the one before (the certificates
+        lookup by transaction ID did, before schema version 7)."""
+        with traced_statements(self.store) as statements:
+            token, _ = self.challenge()
+            request = self.request(token)
+            self.issued(request, _key(0))
+            subject = x509.Name.from_rfc4514_string("CN=device,O=Test Org")
+            poll = _pki_message(
+                "20",
+                _issuer_and_subject(self.authority.root.cert.subject, subject),
+                _signer(0),
+                self.recipient,
+                transaction_id=request.transaction_id,
+            )
+            self.assertEqual(self.reply(poll, _signer(0))[0].pki_status, "0")
+            self.issued(request, _key(0))
+        self.assertTrue(any("transaction_id" in sql for sql in statements), statements)
+        self.assertEqual(growing_table_scans(self.store, statements), {})

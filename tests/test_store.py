@@ -330,6 +330,7 @@ class SQLiteStoreTests(SQLiteStore, StoreContract, unittest.TestCase):
         raw_db.execute("DROP TABLE crls")
         raw_db.execute("DROP TABLE ca_files")
         raw_db.execute("DROP INDEX certificates_revoked")
+        raw_db.execute("DROP INDEX certificates_transaction")
         raw_db.execute("DELETE FROM schema_version WHERE version > 2")
         raw_db.commit()
         raw_db.close()
