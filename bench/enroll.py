@@ -28,6 +28,7 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -36,12 +37,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from twisted.internet import reactor as global_reactor  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults  # noqa: E402
@@ -236,6 +238,13 @@ class StageCost:
         return self.reactor + self.other
 
 
+def server_tls_key(base_url: str) -> Any:
+    """The public key of the TLS certificate the server presents, which prices the handshake signature in the crypto floor."""
+    where = urlsplit(base_url)
+    pem = ssl.get_server_certificate((where.hostname or "localhost", where.port or 443))
+    return x509.load_pem_x509_certificate(pem.encode("ascii")).public_key()
+
+
 async def run_staged(devices: list[FakeDevice], concurrency: int, user: str, password: str, pid: int, daemon: Daemon | None) -> int:
     """Every device does phase 1, then every device phase 2, and so on, so that each step's server CPU is measured alone.
 
@@ -288,7 +297,8 @@ async def run_staged(devices: list[FakeDevice], concurrency: int, user: str, pas
     line_ms = log_line_cost() * 1000
     per_request = costs[0].total / REQUESTS_PER_ENROLLMENT
     floor = openssl_speed("rsa2048", "rsa3072", "ecdhx25519", "ecdsap256")
-    tls_key = "ecdsanistp256" if b"ecdsa" in (daemon.output if daemon is not None else b"") else "rsa2048"
+    tls_public_key = await deferToThread(server_tls_key, devices[0].base_url)
+    tls_key = "ecdsanistp256" if isinstance(tls_public_key, ec.EllipticCurvePublicKey) else "rsa2048"
 
     print(f"server CPU per enrollment, step by step ({count} devices, {concurrency} at a time; ms)")
     print(f"{'step':<12} {'requests':>8} {'reactor':>8} {'other':>8} {'total':>8}  {'of which requests':>18}")
