@@ -491,6 +491,83 @@ def _string_attributes(attributes: dict[str, Any]) -> dict[str, str]:
     return {key: value for key, value in attributes.items() if isinstance(value, str)}
 
 
+# The plists below are shared by the Mutator and by the named regression tests of what it once found (tests/test_profile.py).
+
+
+def malformed_date_plist(attributes: dict[str, Any], key: str, bad: str) -> bytes:
+    """An XML plist of ``attributes`` in which ``key`` is ``<date>bad</date>`` (plistlib's reader raises AttributeError
+    for a date its pattern does not match, ValueError for an impossible one)."""
+    others = {name: value for name, value in attributes.items() if name != key}
+    return xml_plist(xml_dict(others, f"<key>{key}</key><date>{bad}</date>"))
+
+
+NESTINGS = ("XML array", "XML dict", "binary array", "binary dict")
+
+
+def nested_plist(attributes: dict[str, Any], key: str, kind: str, depth: int) -> bytes:
+    """A plist of ``attributes`` in which ``key`` is the string "x" wrapped ``depth`` times in one of ``NESTINGS`` (an
+    XML plist, whose nesting costs 15 bytes a level for arrays; or a binary one, for which only string attributes are kept)."""
+    others = {name: value for name, value in attributes.items() if name != key}
+    if kind == "XML array":
+        return xml_plist(xml_dict(others, f"<key>{key}</key>" + "<array>" * depth + "<string>x</string>" + "</array>" * depth))
+    if kind == "XML dict":
+        return xml_plist(xml_dict(others, f"<key>{key}</key>" + "<dict><key>k</key>" * depth + "<string>x</string>" + "</dict>" * depth))
+    plist = BinaryPlist()
+    top = plist.reserve()
+    ref = plist.text("x")
+    for _ in range(depth):
+        ref = plist.array([ref]) if kind == "binary array" else plist.dictionary([(plist.text("k"), ref)])
+    plist.strings_dict(_string_attributes(others), [(key, ref)], at=top)
+    return plist.build(top)
+
+
+SELF_REFERENCES = (
+    "an array that contains itself",
+    "a dict that contains itself",
+    "two arrays that contain each other",
+    "the top dict contains itself",
+)
+
+
+def self_referencing_plist(attributes: dict[str, Any], key: str, variant: str) -> bytes:
+    """A binary plist of the string ``attributes`` in which ``key`` is one of the cycles of ``SELF_REFERENCES``
+    (plistlib's writer cannot make one; its reader returns objects that contain themselves)."""
+    plist = BinaryPlist()
+    top = plist.reserve()
+    if variant == "an array that contains itself":
+        ref = plist.reserve()
+        plist.array([plist.text("x"), ref], at=ref)
+    elif variant == "a dict that contains itself":
+        ref = plist.reserve()
+        plist.dictionary([(plist.text("self"), ref)], at=ref)
+    elif variant == "two arrays that contain each other":
+        ref, other = plist.reserve(), plist.reserve()
+        plist.array([other], at=ref)
+        plist.array([ref], at=other)
+    else:
+        ref = top
+    others = {name: value for name, value in _string_attributes(attributes).items() if name != key}
+    plist.strings_dict(others, [(key, ref)], at=top)
+    return plist.build(top)
+
+
+def sign_as_device(
+    content: bytes,
+    identity: tuple[x509.Certificate, rsa.RSAPrivateKey],
+    chain: Sequence[x509.Certificate] | None = None,
+    *,
+    ber: bool = False,
+) -> bytes:
+    """``content`` signed as a device signs its attributes. Phase 2 (``chain``: the Apple CA certificates above the
+    identity): by its Apple identity, SHA-1, no signed attributes, the whole chain embedded, BER when ``ber``. Phase 3
+    (no ``chain``): by the identity otad issued, SHA-256, signed attributes, that certificate alone."""
+    cert, key = identity
+    if chain is None:
+        return sign_cms(content, cert, key, digest="sha256", signed_attributes=(), certificates=[cert])
+    der = sign_cms(content, cert, key, digest="sha1", signed_attributes=None, certificates=[cert, *chain])
+    return to_ber_indefinite(der) if ber else der
+
+
 # ======================================================================== HTTP
 
 
@@ -1242,11 +1319,8 @@ class Mutator:
     def sign(self, content: bytes) -> bytes:
         """Sign like the device does: phase 2 by the Apple identity (SHA-1, no attributes, BER), phase 3 by otad's identity."""
         if self.phase == 2:
-            cert, key = self.seeds.apple_identity
-            der = sign_cms(content, cert, key, digest="sha1", signed_attributes=None, certificates=[cert, *self.seeds.apple.chain()])
-            return to_ber_indefinite(der) if self.rng.random() < 0.7 else der
-        cert, key = self.seeds.sink_identity if self._sink else self.seeds.identity3
-        return sign_cms(content, cert, key, digest="sha256", signed_attributes=(), certificates=[cert])
+            return sign_as_device(content, self.seeds.apple_identity, self.seeds.apple.chain(), ber=self.rng.random() < 0.7)
+        return sign_as_device(content, self.seeds.sink_identity if self._sink else self.seeds.identity3)
 
     def signed(self, description: str, content: bytes) -> Made:
         self._content = content
@@ -1279,61 +1353,25 @@ class Mutator:
         attributes = self.attributes()
         key = self.pick(("UDID", "CHALLENGE", "SERIAL", "VERSION", "SIGNED_AT", "EXPIRY"))
         bad = self.pick(BAD_DATES)
-        attributes.pop(key, None)
-        return self.signed(f"{key} = <date>{bad}</date>", xml_plist(xml_dict(attributes, f"<key>{key}</key><date>{bad}</date>")))
+        return self.signed(f"{key} = <date>{bad}</date>", malformed_date_plist(attributes, key, bad))
 
     def m_plist_deep_nesting(self) -> Made:
         attributes = self.attributes()
         key = self.pick(("NESTED", "PRODUCT", "DEVICE_NAME", "SERIAL"))
-        attributes.pop(key, None)
         kind = self.pick(("XML array", "XML array", "XML dict", "binary array", "binary dict"))
-        if kind.startswith("XML"):
-            if kind == "XML array":
-                depth = self.pick((100, 999, 1100, 2500, 3900))
-                nested = "<array>" * depth + "<string>x</string>" + "</array>" * depth
-            else:
-                depth = self.pick((100, 999, 1100, 2400))
-                nested = "<dict><key>k</key>" * depth + "<string>x</string>" + "</dict>" * depth
-            content = xml_plist(xml_dict(attributes, f"<key>{key}</key>{nested}"))
+        if kind == "XML array":
+            depth = self.pick((100, 999, 1100, 2500, 3900))
+        elif kind == "XML dict":
+            depth = self.pick((100, 999, 1100, 2400))
         else:
             depth = self.pick((100, 999, 1100, 4000))
-            plist = BinaryPlist()
-            top = plist.reserve()
-            ref = plist.text("x")
-            for _ in range(depth):
-                ref = plist.array([ref]) if kind == "binary array" else plist.dictionary([(plist.text("k"), ref)])
-            plist.strings_dict(_string_attributes(attributes), [(key, ref)], at=top)
-            content = plist.build(top)
-        return self.signed(f"{key} = {kind} nested {depth} deep", content)
+        return self.signed(f"{key} = {kind} nested {depth} deep", nested_plist(attributes, key, kind, depth))
 
     def m_plist_self_reference(self) -> Made:
-        attributes = _string_attributes(self.attributes())
-        plist = BinaryPlist()
-        top = plist.reserve()
-        variant = self.pick(
-            (
-                "an array that contains itself",
-                "a dict that contains itself",
-                "two arrays that contain each other",
-                "the top dict contains itself",
-            )
-        )
-        if variant == "an array that contains itself":
-            ref = plist.reserve()
-            plist.array([plist.text("x"), ref], at=ref)
-        elif variant == "a dict that contains itself":
-            ref = plist.reserve()
-            plist.dictionary([(plist.text("self"), ref)], at=ref)
-        elif variant == "two arrays that contain each other":
-            ref, other = plist.reserve(), plist.reserve()
-            plist.array([other], at=ref)
-            plist.array([ref], at=other)
-        else:
-            ref = top
+        attributes = self.attributes()
+        variant = self.pick(SELF_REFERENCES)
         key = self.pick(("LOOP", "PRODUCT", "SERIAL"))
-        attributes.pop(key, None)
-        plist.strings_dict(attributes, [(key, ref)], at=top)
-        return self.signed(f"binary plist where {key} is {variant}", plist.build(top))
+        return self.signed(f"binary plist where {key} is {variant}", self_referencing_plist(attributes, key, variant))
 
     def m_plist_dag(self) -> Made:
         """A small binary plist whose shared references expand exponentially (a "billion laughs" without entities)."""

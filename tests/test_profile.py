@@ -17,10 +17,14 @@ from twisted.trial import unittest
 
 from otad import tokens
 from otad.ca import issue_client_certificate, serial_hex
+from otad.device_attributes import MAX_VALUE
 from otad.device_trust import load_anchors
+from otad.store import Device
 from tests.fakeapple import FakeAppleHierarchy, self_signed_identity
-from tests.fakedevice import FakeDevice, sign_cms
+from tests.fakedevice import CONTENT_TYPE_ASPEN_CONFIG, FakeDevice, build_pkcs_req, parse_cert_rep, select_scep_certs, sign_cms
+from tests.fuzzing import SELF_REFERENCES, malformed_date_plist, nested_plist, self_referencing_plist, sign_as_device
 from tests.helpers import MemorySite, growing_table_scans, traced_statements
+from tests.test_scep_responder import _key
 
 DATA = Path(__file__).parent / "data"
 UDID = "0000FAKE-0011223344556677"
@@ -161,6 +165,17 @@ class ProfilePhase2Tests(unittest.TestCase):
             code, _, reason = self.post(body)
             self.assertEqual(code, expected, reason)
             self.assertEqual(reason.count(b"\n"), 1)
+
+    def test_malformed_date_is_400_and_the_challenge_stays_usable(self) -> None:
+        """A device-signed plist holding <date>garbage</date> (plistlib raises AttributeError for it, which otad once let
+        through as a 500: issue 10) is a 400 with one line; no device is recorded and the challenge still works."""
+        challenge = self.challenge()
+        content = malformed_date_plist(self.device.device_attributes(challenge), "SIGNED_AT", "garbage")
+        assert self.device.identity is not None
+        code, _, reason = self.post(sign_as_device(content, self.device.identity, apple().chain(), ber=True))
+        self.assertEqual((code, reason), (400, b"the signed content is not a property list\n"))
+        self.assertIsNone(self.successResultOf(self.memory.store.call(lambda store: store.device(UDID))))
+        self.assertEqual(self.post(self.device.phase2_body(challenge))[0], 200)
 
     def test_content_not_a_plist(self) -> None:
         """A valid device signature over something that is not a plist is 400."""
@@ -324,3 +339,73 @@ class FlowQueryPlanTests(unittest.TestCase):
                 self.assertEqual(fetch("POST", "/profile", data=device.phase3_body())[0], 200)
         self.assertTrue(any("deliveries" in sql for sql in statements), statements)
         self.assertEqual(growing_table_scans(memory.store, statements), {})
+
+
+class Phase3DeviceAttributesTests(unittest.TestCase):
+    """Phase 3 after a whole enrollment in memory (the fake device's messages through the production site: /enroll,
+    phase 2, SCEP), with device attributes that once made the store's json.dumps raise (issue 10)."""
+
+    def setUp(self) -> None:
+        self.memory = MemorySite(Path(self.mktemp()), anchors=(apple().root,))
+        self.addCleanup(self.memory.close)
+        # Real time: the shared test CA was bootstrapped now, and the SCEP certificate must fall inside its validity.
+        self.memory.clock.advance(datetime.datetime.now(datetime.UTC).timestamp() - self.memory.clock.seconds())
+        self.device = FakeDevice(None, "https://otad.test", None, apple(), UDID)
+        code, _, body = self.fetch("GET", "/enroll", headers=_basic())
+        self.assertEqual(code, 200)
+        code, _, body = self.fetch("POST", "/profile", data=self.device.phase2_body(str(_content(body)["PayloadContent"]["Challenge"])))
+        self.assertEqual(code, 200)
+        scep = _content(body)["PayloadContent"][0]["PayloadContent"]
+        # SCEP with the fake device's own message code: its HTTP client sends bodies through the reactor, not in memory.
+        _, headers, body = self.fetch("GET", "/scep?operation=GetCACert")
+        recipient, ca_certs = select_scep_certs(headers[b"content-type"][0], body)
+        key = _key(0)
+        signer, _ = self_signed_identity("SCEP SIGNER", key=key)
+        request = build_pkcs_req(key, signer, recipient, subject=scep["Subject"], challenge=scep["Challenge"], key_usage=scep["Key Usage"])
+        _, _, body = self.fetch(
+            "POST", "/scep?operation=PKIOperation", data=request.der, headers={b"content-type": [b"application/x-pki-message"]}
+        )
+        self.identity = (parse_cert_rep(body, ca_certs=ca_certs, request=request, key=key), key)
+
+    def fetch(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        return self.successResultOf(ensureDeferred(self.memory.fetch(method, url, **kwargs)))
+
+    def phase3(self, content: bytes) -> tuple[int, list[bytes]]:
+        """Phase 3 with ``content`` as the device attributes, signed by the identity otad issued: status and content type."""
+        body = sign_as_device(content, self.identity)
+        # Within the body cap: the request reaches the plist parser rather than the 413.
+        self.assertLessEqual(len(body), self.memory.settings.max_body)
+        code, headers, _ = self.fetch("POST", "/profile", data=body)
+        return code, headers[b"content-type"]
+
+    def stored(self) -> Device:
+        device = self.successResultOf(self.memory.store.call(lambda store: store.device(UDID)))
+        assert device is not None
+        return device
+
+    def assertStoredBoundedScalars(self) -> None:
+        """The stored record holds short scalars only, and PRODUCT is still what phase 2 recorded."""
+        attributes = self.stored().attributes
+        for name, value in attributes.items():
+            self.assertIsInstance(value, (str, bool, int), name)
+            self.assertLessEqual(len(str(value)), MAX_VALUE, name)
+        self.assertEqual(attributes["PRODUCT"], self.device.device_attributes(None)["PRODUCT"])
+
+    def test_deeply_nested_attribute_is_dropped(self) -> None:
+        """PRODUCT as an array nested 3,900 levels deep (an XML plist within the 64 KiB cap) once gave RecursionError,
+        a 500. otad keeps only short scalar attributes, so it drops that value: the configuration is sent and the
+        stored record keeps the PRODUCT of phase 2."""
+        content = nested_plist(self.device.device_attributes(None), "PRODUCT", "XML array", 3900)
+        self.assertEqual(self.phase3(content), (200, [CONTENT_TYPE_ASPEN_CONFIG]))
+        self.assertEqual(self.memory.events()[0].outcome, "configuration sent")
+        self.assertStoredBoundedScalars()
+
+    def test_self_referencing_attribute_is_dropped(self) -> None:
+        """PRODUCT as each cycle a binary plist can hold (an array or a dict that contains itself, two arrays that
+        contain each other, the top dict itself) once gave "Circular reference detected", a 500. Each is dropped the
+        same way: the configuration is sent and the stored record keeps the PRODUCT of phase 2."""
+        for variant in SELF_REFERENCES:
+            content = self_referencing_plist(self.device.device_attributes(None), "PRODUCT", variant)
+            self.assertEqual(self.phase3(content), (200, [CONTENT_TYPE_ASPEN_CONFIG]), variant)
+            self.assertEqual(self.memory.events()[0].outcome, "configuration sent", variant)
+            self.assertStoredBoundedScalars()

@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -54,7 +55,7 @@ from tests.fakedevice import (
     sign_cms,
     verify_signed,
 )
-from tests.helpers import InlinePool, InlineStoreThread, authority, device_binding, growing_table_scans, traced_statements
+from tests.helpers import InlinePool, InlineStoreThread, MemorySite, authority, device_binding, growing_table_scans, traced_statements
 from tests.stores import PostgreSQLStore, SQLiteStore
 
 DATA = Path(__file__).parent / "data" / "micromdm-scep"
@@ -743,6 +744,34 @@ class SCEPResponderTests(SCEPHarness, unittest.TestCase):
             with self.assertRaises(Refusal) as raised:
                 decode_message(bad)
             self.assertEqual(raised.exception.code, 400)
+
+
+class SCEPQueryTests(unittest.TestCase):
+    """Hostile query strings at /scep, through the production site in memory (issue 10)."""
+
+    def setUp(self) -> None:
+        self.memory = MemorySite(Path(self.mktemp()))
+        self.addCleanup(self.memory.close)
+
+    def get(self, query: str) -> tuple[int, bytes]:
+        code, _, body = self.successResultOf(ensureDeferred(self.memory.fetch("GET", "/scep" + query)))
+        return code, body
+
+    def test_percent_escapes_that_are_not_text(self) -> None:
+        """%ff in operation= or in message= (its decoding once raised UnicodeEncodeError: a 500) is a 400 with a one-line reason."""
+        self.assertEqual(self.get("?operation=%ff"), (400, "unsupported SCEP operation: \u00ff\n".encode()))
+        self.assertEqual(self.get("?operation=PKIOperation&message=%ff"), (400, b"message is not base64\n"))
+
+    def test_control_bytes_are_escaped_in_the_reason_and_the_log(self) -> None:
+        """An operation of %00 and an ANSI escape (once echoed raw into the refusal) shows them as \\xNN, both in the
+        reason the client gets and in the request's log line."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertEqual(self.get("?operation=%00%1b[31m"), (400, b"unsupported SCEP operation: \\x00\\x1b[31m\n"))
+        [line] = [formatEvent(event) for event in events if event.get("path") == "/scep"]
+        self.assertIn("400 refused (unsupported SCEP operation: \\x00\\x1b[31m)", line)
+        self.assertNotRegex(line, "[\x00-\x1f]")
 
 
 class PostgreSQLSCEPResponderTests(PostgreSQLStore, SCEPResponderTests):
