@@ -349,7 +349,8 @@ def certs_revoke(args: argparse.Namespace) -> int:
             store.record_event(now=now, kind="certificate", outcome="revoked", serial=serial, reason=args.reason)
     if not revoked:
         raise AdminError(f"no unrevoked certificate with serial {serial}")
-    print(f"revoked certificate {serial} ({args.reason}); OCSP says so at once, the daemon re-signs the CRL within a minute")
+    check = _settings(args).crl_check
+    print(f"revoked certificate {serial} ({args.reason}); OCSP says so at once, the daemon re-signs the CRL within {check} s")
     return 0
 
 

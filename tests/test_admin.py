@@ -267,11 +267,15 @@ class AdminTests(TestCase):
             self.assertOneErrorLine(err, "not a hexadecimal serial number")
 
     def test_certs_revoke_once(self) -> None:
-        """`certs revoke` marks the record revoked with the reason and logs it; revoking again exits 1."""
+        """`certs revoke` marks the record revoked with the reason and logs it, saying when the CRL will list it (the
+        configured [ca] crl_check); revoking again exits 1."""
         self.add_certificate(0xA1B2C3, udid=UDID, not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30))
-        status, out, err = self.admin("certs", "revoke", "0xA1:B2:C3", "--reason", "keyCompromise")
+        config = self.directory / "otad.conf"
+        config.write_text("[ca]\ncrl_check = 10s\n")
+        status, out, err = self.admin("certs", "revoke", "0xA1:B2:C3", "--reason", "keyCompromise", "--config", str(config))
         self.assertEqual((status, err), (0, ""))
         self.assertIn("a1b2c3", out)
+        self.assertIn("re-signs the CRL within 10 s", out)
         record = self.store.certificate("a1b2c3")
         assert record is not None
         self.assertIsNotNone(record.revoked)
