@@ -7,6 +7,7 @@ dates and allows those legacy algorithms.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from otad import cms
 
@@ -32,10 +32,6 @@ _HASHES = (hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA5
 
 class UntrustedDevice(ValueError):
     """The signer does not chain to the anchors; str() is a short reason safe to show a client."""
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.DER)
 
 
 def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:
@@ -78,6 +74,9 @@ def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object
         return None
 
 
+# Every phase 2 checks the same intermediate against the same anchor: remembering the answer
+# (certificates compare and hash by their DER) spares that signature check and its parsing.
+@functools.lru_cache(maxsize=64)
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     # Certificate.verify_directly_issued_by refuses SHA-1, which Apple's chain needs.
     try:
@@ -114,8 +113,9 @@ def _issuer_problem(issuer: x509.Certificate, below: int, is_anchor: bool) -> st
 
 @dataclass
 class _PathSearch:
-    pool: list[x509.Certificate]
-    anchors: set[bytes]
+    # Certificates compare by their DER; subjects are read once, not once per candidate.
+    pool: dict[x509.Certificate, x509.Name]
+    anchors: set[x509.Certificate]
     now: datetime | None
     allow_legacy: bool
     problems: list[str] = field(default_factory=list)
@@ -130,7 +130,7 @@ class _PathSearch:
 
     def extend(self, path: list[x509.Certificate]) -> list[x509.Certificate] | None:
         current = path[-1]
-        if _der(current) in self.anchors:
+        if current in self.anchors:
             return path
         problem = _signature_problem(current, self.allow_legacy)
         if problem:
@@ -139,10 +139,10 @@ class _PathSearch:
         if len(path) >= _MAX_PATH:
             self.problems.append("certificate chain too long")
             return None
-        in_path = {_der(cert) for cert in path}
-        for candidate in self.pool:
+        issuer = current.issuer
+        for candidate, subject in self.pool.items():
             # Names only preselect candidates; the signature decides.
-            if candidate.subject != current.issuer or _der(candidate) in in_path:
+            if subject != issuer or candidate in path:
                 continue
             self.checks += 1
             if self.checks > _MAX_PATH_CHECKS:
@@ -150,7 +150,7 @@ class _PathSearch:
                 return None
             if not _signed_by(current, candidate):
                 continue
-            is_anchor = _der(candidate) in self.anchors
+            is_anchor = candidate in self.anchors
             problem = _issuer_problem(candidate, len(path) - 1, is_anchor)
             problem = problem or self.cert_problem(candidate)
             if problem:
@@ -202,8 +202,8 @@ def _search(
     elif now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     search = _PathSearch(
-        pool=list({_der(cert): cert for cert in (*certs, *anchors)}.values()),
-        anchors={_der(anchor) for anchor in anchors},
+        pool={cert: cert.subject for cert in (*certs, *anchors)},
+        anchors=set(anchors),
         now=None if ignore_validity else now,
         allow_legacy=allow_legacy,
     )
