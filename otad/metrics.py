@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -116,6 +117,7 @@ class Metrics:
             raise MetricsError(f"{MULTIPROCESS_VARIABLE} is {directory}, which is not a directory")
         self.multiprocess_directory = directory
         self._timer = timer
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Counters' *_created series mean nothing to otad's operators and double what a scrape holds.
         prometheus_client.disable_created_metrics()
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -281,10 +283,19 @@ class Metrics:
                 step.outcome = "error"
             raise
         finally:
-            self.step_seconds.labels(step=step.name, outcome=step.outcome).observe(max(0.0, self._timer() - started))
+            self._child(self.step_seconds, step.name, step.outcome).observe(max(0.0, self._timer() - started))
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: every request records several samples, and prometheus-client
+        checks and looks the labels up anew on each call. The label values come from small fixed sets."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def request(self, route: str, status: int, outcome: str) -> None:
-        self.http_requests.labels(route=route, status=str(status), outcome=route_status_outcome(outcome)).inc()
+        self._child(self.http_requests, route, str(status), route_status_outcome(outcome)).inc()
 
     def challenge_refused(self, step: str, reason: str) -> None:
         """``reason`` is the store's refusal text (``challenge expired``...), reduced to one of CHALLENGE_REFUSALS."""
@@ -292,14 +303,14 @@ class Metrics:
         self.challenges_refused.labels(step=step, reason=label).inc()
 
     def store_call(self, operation: str, seconds: float, failed: bool) -> None:
-        self.store_seconds.labels(operation=operation).observe(max(0.0, seconds))
+        self._child(self.store_seconds, operation).observe(max(0.0, seconds))
         if failed:
-            self.store_errors.labels(operation=operation).inc()
+            self._child(self.store_errors, operation).inc()
 
     def pool(self, name: str, in_flight: int, threads: int) -> None:
         """A pool's calls changed: ``in_flight`` submitted and not finished, at most ``threads`` of them running."""
-        self.pool_running.labels(pool=name).set(min(in_flight, threads))
-        self.pool_waiting.labels(pool=name).set(max(0, in_flight - threads))
+        self._child(self.pool_running, name).set(min(in_flight, threads))
+        self._child(self.pool_waiting, name).set(max(0, in_flight - threads))
 
     def own_certificates(self, not_after: Mapping[str, float]) -> None:
         """The expiry (Unix time) of each of otad's own certificates, by role."""
