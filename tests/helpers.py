@@ -81,6 +81,29 @@ def growing_table_scans(store: InlineStoreThread, statements: list[str]) -> dict
     return scans
 
 
+AuthorityLoader = Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], Authority]
+
+
+def authority_loader(certs_dir: Path, *, create: bool = False) -> AuthorityLoader:
+    """What the daemon's renewal check calls to load (or, with ``create``, make) the CA in ``certs_dir``, with the
+    test CA's names."""
+
+    def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Authority:
+        return bootstrap(
+            certs_dir,
+            hostname="localhost",
+            organization="Test Org",
+            common_name="Test Org otad Root CA",
+            ca_key_size=3072,
+            now=now,
+            report=report,
+            warn=warn,
+            create=create,
+        )
+
+    return load
+
+
 @functools.cache
 def authority() -> Authority:
     """One bootstrapped CA for the whole test run (RSA key generation is slow)."""

@@ -26,34 +26,17 @@ from otad.metrics import Metrics
 from otad.store import Store
 from tests import postgres
 from tests.daemon import Daemon
-from tests.helpers import InlinePool, InlineStoreThread, authority
+from tests.helpers import InlinePool, InlineStoreThread, authority, authority_loader
 from tests.stores import raw
-
-Load = Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], ca.Authority]
-
-
-def loader(certs_dir: Path, *, create: bool) -> Load:
-    def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> ca.Authority:
-        return ca.bootstrap(
-            certs_dir,
-            hostname="localhost",
-            organization="Test Org",
-            common_name="Test Org otad Root CA",
-            ca_key_size=3072,
-            now=now,
-            report=report,
-            warn=warn,
-            create=create,
-        )
-
-    return load
 
 
 def share(location: str, certs_dir: Path, now: datetime.datetime, *, create: bool = True) -> tuple[ca.Authority, int, list[str]]:
     """What one instance does at its start: synchronise on a connection of its own."""
     store = Store.open(location)
     try:
-        return synchronise(store, certs_dir, lambda: loader(certs_dir, create=create)(now, lambda line: None, lambda line: None), now=0.0)
+        return synchronise(
+            store, certs_dir, lambda: authority_loader(certs_dir, create=create)(now, lambda line: None, lambda line: None), now=0.0
+        )
     finally:
         store.close()
 
@@ -147,7 +130,7 @@ class CASharingTests(unittest.TestCase):
         store = InlineStoreThread(self.location)
         self.addCleanup(store.close)
         served = tls.ServerTLS(authority_.tls.key, [authority_.tls.cert, *authority_.tls.chain])
-        load = loader(certs_dir, create=False)
+        load = authority_loader(certs_dir)
 
         def refresh(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> Deferred[ca.Authority]:
             return store.call(lambda s: synchronise(s, certs_dir, lambda: load(now, report, warn), now=now.timestamp())[0])

@@ -6,7 +6,6 @@ import datetime
 import shutil
 import socket
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -20,7 +19,7 @@ from twisted.trial import unittest
 
 from otad import ca, listeners, renewal, tls
 from otad.metrics import Metrics
-from tests.helpers import NOW, InlinePool, authority
+from tests.helpers import NOW, InlinePool, authority, authority_loader
 
 DAY = datetime.timedelta(days=1)
 
@@ -28,23 +27,6 @@ DAY = datetime.timedelta(days=1)
 def _copy_certs(target: Path) -> Path:
     shutil.copytree(authority().certs_dir, target)
     return target
-
-
-def _loader(certs_dir: Path) -> Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], ca.Authority]:
-    def load(now: datetime.datetime, report: Callable[[str], None], warn: Callable[[str], None]) -> ca.Authority:
-        return ca.bootstrap(
-            certs_dir,
-            hostname="localhost",
-            organization="Test Org",
-            common_name="Test Org otad Root CA",
-            ca_key_size=3072,
-            now=now,
-            report=report,
-            warn=warn,
-            create=False,
-        )
-
-    return load
 
 
 def _events(test: unittest.TestCase) -> list[LogEvent]:
@@ -67,13 +49,13 @@ def _served_certificate(port: int, root: x509.Certificate) -> x509.Certificate:
 class CertificateKeeperTests(unittest.TestCase):
     def setUp(self) -> None:
         self.certs_dir = _copy_certs(Path(self.mktemp()) / "certs")
-        self.authority = _loader(self.certs_dir)(datetime.datetime.now(datetime.UTC), lambda line: None, lambda line: None)
+        self.authority = authority_loader(self.certs_dir)(datetime.datetime.now(datetime.UTC), lambda line: None, lambda line: None)
         self.served = tls.ServerTLS(self.authority.tls.key, [self.authority.tls.cert, *self.authority.tls.chain])
         self.clock = Clock()
         self.clock.advance(datetime.datetime.now(datetime.UTC).timestamp())
         self.keeper = renewal.CertificateKeeper(
             self.authority,
-            _loader(self.certs_dir),
+            authority_loader(self.certs_dir),
             self.served,
             [],
             "localhost",
@@ -137,7 +119,7 @@ class CertificateKeeperTests(unittest.TestCase):
         self.assertEqual(len(served.chain), 2)
         keeper = renewal.CertificateKeeper(
             self.authority,
-            _loader(self.certs_dir),
+            authority_loader(self.certs_dir),
             None,
             [operator],
             "otad.example.com",
@@ -200,7 +182,7 @@ class OperatorFilesWatchTests(unittest.TestCase):
         own = authority()
         self.keeper = renewal.CertificateKeeper(
             own,
-            _loader(_copy_certs(Path(self.mktemp()) / "certs")),
+            authority_loader(_copy_certs(Path(self.mktemp()) / "certs")),
             None,
             [self.operator],
             "otad.example.com",

@@ -275,6 +275,13 @@ class SCEPHarness(SQLiteStore):
             "17", csr.public_bytes(serialization.Encoding.DER), signer, self.recipient, transaction_id=transaction_id, csr=csr
         )
 
+    def cert_poll(self, transaction_id: str) -> PKIRequest:
+        """A CertPoll (GetCertInitial, messageType 20) for the SUBJECT issued by otad's root, signed by client key 0."""
+        subject = x509.Name.from_rfc4514_string("CN=device,O=Test Org")
+        return _pki_message(
+            "20", _issuer_and_subject(self.authority.root.cert.subject, subject), _signer(0), self.recipient, transaction_id=transaction_id
+        )
+
 
 class SCEPResponderTests(SCEPHarness, unittest.TestCase):
     # -- PKCSReq -------------------------------------------------------------------------------
@@ -497,26 +504,11 @@ class SCEPResponderTests(SCEPHarness, unittest.TestCase):
         token, _ = self.challenge()
         request = self.request(token)
         cert = self.issued(request, _key(0))
-        subject = x509.Name.from_rfc4514_string("CN=device,O=Test Org")
-        poll = _pki_message(
-            "20",
-            _issuer_and_subject(self.authority.root.cert.subject, subject),
-            _signer(0),
-            self.recipient,
-            transaction_id=request.transaction_id,
-        )
-        rep, certs = self.reply(poll, _signer(0))
+        rep, certs = self.reply(self.cert_poll(request.transaction_id), _signer(0))
         self.assertEqual(rep.pki_status, "0")
         self.assertEqual([c.public_bytes(serialization.Encoding.DER) for c in certs], [cert.public_bytes(serialization.Encoding.DER)])
 
-        unknown = _pki_message(
-            "20",
-            _issuer_and_subject(self.authority.root.cert.subject, subject),
-            _signer(0),
-            self.recipient,
-            transaction_id="NO-SUCH-TRANSACTION",
-        )
-        rep, _ = self.reply(unknown, _signer(0))
+        rep, _ = self.reply(self.cert_poll("NO-SUCH-TRANSACTION"), _signer(0))
         self.assertEqual((rep.pki_status, rep.fail_info), ("2", BAD_CERT_ID))
         self.assertEqual(len(self.db.certificates()), 1)
 
@@ -789,15 +781,7 @@ class SCEPQueryPlanTests(SCEPHarness, unittest.TestCase):
             token, _ = self.challenge()
             request = self.request(token)
             self.issued(request, _key(0))
-            subject = x509.Name.from_rfc4514_string("CN=device,O=Test Org")
-            poll = _pki_message(
-                "20",
-                _issuer_and_subject(self.authority.root.cert.subject, subject),
-                _signer(0),
-                self.recipient,
-                transaction_id=request.transaction_id,
-            )
-            self.assertEqual(self.reply(poll, _signer(0))[0].pki_status, "0")
+            self.assertEqual(self.reply(self.cert_poll(request.transaction_id), _signer(0))[0].pki_status, "0")
             self.issued(request, _key(0))
         self.assertTrue(any("transaction_id" in sql for sql in statements), statements)
         self.assertEqual(growing_table_scans(self.store, statements), {})
