@@ -3117,9 +3117,12 @@ class FuzzReport:
         return bool(self.five_xx or self.unanswered or self.tracebacks or self.daemon_note)
 
     def table(self) -> str:
+        """One row per endpoint. Besides the statuses and the failures (5xx, closed without a response, no answer in
+        time), ``aborted`` counts inputs the client broke off on purpose, which owe no answer, and ``cut-off`` slow
+        senders whose connection otad closed at its deadline while they were still sending."""
         header = (
             f"{'endpoint':<17} {'inputs':>6} {'2xx':>5} {'3xx':>4} {'4xx':>5} {'5xx':>4} {'closed':>6} {'no-answer':>9} "
-            f"{'tracebacks':>10} {'RSS MiB before->after':>22} {'secs':>5}  status codes"
+            f"{'aborted':>7} {'cut-off':>7} {'tracebacks':>10} {'RSS MiB before->after':>22} {'secs':>5}  status codes"
         )
         rows = [header, "-" * len(header)]
         total = EndpointResult("total")
@@ -3127,6 +3130,7 @@ class FuzzReport:
             rows.append(self._row(result))
             total.inputs += result.inputs
             total.statuses.update(result.statuses)
+            total.kinds.update(result.kinds)
             total.five_xx += result.five_xx
             total.closed += result.closed
             total.unanswered += result.unanswered
@@ -3147,7 +3151,8 @@ class FuzzReport:
         rss = f"{result.rss_before_kb / 1024:.1f}->{result.rss_after_kb / 1024:.1f}"
         return (
             f"{result.endpoint:<17} {result.inputs:>6} {band(200):>5} {band(300):>4} {band(400):>5} {result.five_xx:>4} {result.closed:>6} "
-            f"{result.unanswered:>9} {result.tracebacks:>10} {rss:>22} {result.seconds:>5.0f}  {codes}"
+            f"{result.unanswered:>9} {result.kinds['aborted']:>7} {result.kinds['cut off']:>7} {result.tracebacks:>10} {rss:>22} "
+            f"{result.seconds:>5.0f}  {codes}"
         )
 
     def findings_text(self, bytes_limit: int = 600) -> str:

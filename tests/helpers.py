@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import socket
+import ssl
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -102,6 +105,17 @@ def authority_loader(certs_dir: Path, *, create: bool = False) -> AuthorityLoade
         )
 
     return load
+
+
+def served_certificate(port: int, ca_pem: bytes) -> x509.Certificate:
+    """The certificate 127.0.0.1:port presents to a client that trusts only ``ca_pem`` and checks the name localhost
+    (through any intermediate the server sends). It blocks: run it in a thread."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls_socket:
+            der = tls_socket.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 @functools.cache

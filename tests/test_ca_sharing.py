@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import socket
-import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from otad.metrics import Metrics
 from otad.store import Store
 from tests import postgres
 from tests.daemon import Daemon
-from tests.helpers import InlinePool, InlineStoreThread, authority, authority_loader
+from tests.helpers import InlinePool, InlineStoreThread, authority, authority_loader, served_certificate
 from tests.stores import raw
 
 
@@ -39,15 +37,6 @@ def share(location: str, certs_dir: Path, now: datetime.datetime, *, create: boo
         )
     finally:
         store.close()
-
-
-def served_certificate(port: int, root: x509.Certificate) -> x509.Certificate:
-    """The TLS certificate 127.0.0.1:port presents to a client that trusts only ``root`` (blocking)."""
-    context = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
-    with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as connection:
-        der = connection.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 class CASharingTests(unittest.TestCase):
@@ -206,7 +195,10 @@ class CASharingTests(unittest.TestCase):
                 roots.add(await response.content())
             self.assertEqual(len(roots), 1)
             root = x509.load_der_x509_certificate(roots.pop())
-            served = [await threads.deferToThread(served_certificate, daemon.port, root) for daemon in daemons]
+            served = [
+                await threads.deferToThread(served_certificate, daemon.port, root.public_bytes(serialization.Encoding.PEM))
+                for daemon in daemons
+            ]
             self.assertEqual(len(set(served)), 1)
             self.assertTrue(ca.issued_by(served[0], root))
             [(stored,)] = raw(location, "SELECT content FROM ca_files WHERE name = 'ca.pem'")

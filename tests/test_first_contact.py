@@ -9,7 +9,6 @@ import datetime
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,9 @@ from twisted.trial import unittest
 
 from otad import ca
 from tests.daemon import Daemon, DaemonExited
+from tests.helpers import served_certificate
 
 NOBODY = 65534
-
-
-def _served_certificate(port: int, ca_pem: bytes) -> x509.Certificate:
-    """The certificate a client trusting only ``ca_pem`` is shown at 127.0.0.1:port (blocking: run it in a thread)."""
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 class FirstContactTests(unittest.TestCase):
@@ -154,7 +144,7 @@ class FirstContactTests(unittest.TestCase):
             await daemon.start()
             certs = data_dir / "certs"
             ca_pem = (certs / "ca.pem").read_bytes()
-            first = await threads.deferToThread(_served_certificate, daemon.port, ca_pem)
+            first = await threads.deferToThread(served_certificate, daemon.port, ca_pem)
             root = ca.Identity(
                 x509.load_pem_x509_certificate(ca_pem), serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
             )  # type: ignore[arg-type]
@@ -179,7 +169,7 @@ class FirstContactTests(unittest.TestCase):
                     break
                 await deferLater(reactor, 0.1)
             self.assertIn(renewal, daemon.output)
-            served = await threads.deferToThread(_served_certificate, daemon.port, ca_pem)
+            served = await threads.deferToThread(served_certificate, daemon.port, ca_pem)
             self.assertNotIn(served, (first, ending))
             self.assertEqual(served.public_key(), first.public_key())
             self.assertEqual(served.not_valid_after_utc - served.not_valid_before_utc, ca.TLS_VALIDITY)

@@ -4,8 +4,6 @@ in certbot's live/ and archive/ layout), with its chain, and serving the renewed
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import time
 from pathlib import Path
 
@@ -18,18 +16,8 @@ from twisted.trial import unittest
 
 from otad import renewal
 from tests.daemon import Daemon
+from tests.helpers import served_certificate
 from tests.publicca import PEM, PublicCA
-
-
-def served_certificate(port: int, root_pem: bytes) -> x509.Certificate:
-    """The certificate 127.0.0.1:port presents to a client that trusts only ``root_pem`` (through the intermediate the
-    server sends) and checks the name localhost (blocking: run it in a thread)."""
-    context = ssl.create_default_context(cadata=root_pem.decode())
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls_socket:
-            der = tls_socket.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 class PublicCertificateTests(unittest.TestCase):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import socket
-import ssl
 from pathlib import Path
 
 from cryptography import x509
@@ -19,7 +17,7 @@ from twisted.trial import unittest
 
 from otad import ca, listeners, renewal, tls
 from otad.metrics import Metrics
-from tests.helpers import NOW, InlinePool, authority, authority_loader
+from tests.helpers import NOW, InlinePool, authority, authority_loader, served_certificate
 
 DAY = datetime.timedelta(days=1)
 
@@ -34,16 +32,6 @@ def _events(test: unittest.TestCase) -> list[LogEvent]:
     globalLogPublisher.addObserver(seen.append)
     test.addCleanup(globalLogPublisher.removeObserver, seen.append)
     return seen
-
-
-def _served_certificate(port: int, root: x509.Certificate) -> x509.Certificate:
-    """What a client that trusts only ``root`` gets from 127.0.0.1:port (runs in a thread: it blocks)."""
-    context = ssl.create_default_context(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls_socket:
-            der = tls_socket.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 class CertificateKeeperTests(unittest.TestCase):
@@ -156,10 +144,10 @@ class ServerTLSTests(unittest.TestCase):
         )
 
         async def run() -> None:
-            first = await threads.deferToThread(_served_certificate, number, own.root.cert)
+            first = await threads.deferToThread(served_certificate, number, own.root.cert.public_bytes(serialization.Encoding.PEM))
             self.assertEqual(first, own.tls.cert)
             served.use(own.tls.key, [renewed, own.root.cert])
-            second = await threads.deferToThread(_served_certificate, number, own.root.cert)
+            second = await threads.deferToThread(served_certificate, number, own.root.cert.public_bytes(serialization.Encoding.PEM))
             self.assertEqual(second, renewed)
 
         return ensureDeferred(run())
