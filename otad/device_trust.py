@@ -74,9 +74,6 @@ def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object
         return None
 
 
-# Every phase 2 checks the same intermediate against the same anchor: remembering the answer
-# (certificates compare and hash by their DER) spares that signature check and its parsing.
-@functools.lru_cache(maxsize=64)
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     # Certificate.verify_directly_issued_by refuses SHA-1, which Apple's chain needs.
     try:
@@ -92,6 +89,12 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True
+
+
+# Every phase 2 checks the same intermediate against the same anchor: remembering the answer
+# (certificates compare and hash by their DER) spares that signature check. Only checks against
+# an anchor are remembered, so a message full of other certificates cannot flush the useful ones.
+_signed_by_anchor = functools.lru_cache(maxsize=64)(_signed_by)
 
 
 def _issuer_problem(issuer: x509.Certificate, below: int, is_anchor: bool) -> str | None:
@@ -113,13 +116,21 @@ def _issuer_problem(issuer: x509.Certificate, below: int, is_anchor: bool) -> st
 
 @dataclass
 class _PathSearch:
-    # Certificates compare by their DER; subjects are read once, not once per candidate.
-    pool: dict[x509.Certificate, x509.Name]
+    # Certificates compare by their DER. A subject is read when a name is first compared, so a
+    # certificate the search never reaches is never parsed.
+    pool: list[x509.Certificate]
     anchors: set[x509.Certificate]
     now: datetime | None
     allow_legacy: bool
     problems: list[str] = field(default_factory=list)
     checks: int = 0
+    subjects: dict[x509.Certificate, x509.Name] = field(default_factory=dict)
+
+    def subject(self, cert: x509.Certificate) -> x509.Name:
+        name = self.subjects.get(cert)
+        if name is None:
+            name = self.subjects[cert] = cert.subject
+        return name
 
     def cert_problem(self, cert: x509.Certificate) -> str | None:
         if self.now is not None:
@@ -140,17 +151,17 @@ class _PathSearch:
             self.problems.append("certificate chain too long")
             return None
         issuer = current.issuer
-        for candidate, subject in self.pool.items():
+        for candidate in self.pool:
             # Names only preselect candidates; the signature decides.
-            if subject != issuer or candidate in path:
+            if self.subject(candidate) != issuer or candidate in path:
                 continue
             self.checks += 1
             if self.checks > _MAX_PATH_CHECKS:
                 self.problems.append("certificate chain too complex")
                 return None
-            if not _signed_by(current, candidate):
-                continue
             is_anchor = candidate in self.anchors
+            if not (_signed_by_anchor if is_anchor else _signed_by)(current, candidate):
+                continue
             problem = _issuer_problem(candidate, len(path) - 1, is_anchor)
             problem = problem or self.cert_problem(candidate)
             if problem:
@@ -202,7 +213,7 @@ def _search(
     elif now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     search = _PathSearch(
-        pool={cert: cert.subject for cert in (*certs, *anchors)},
+        pool=list(dict.fromkeys((*certs, *anchors))),
         anchors=set(anchors),
         now=None if ignore_validity else now,
         allow_legacy=allow_legacy,

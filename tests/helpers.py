@@ -73,15 +73,23 @@ def traced_statements(store: InlineStoreThread) -> Iterator[list[str]]:
 
 
 def growing_table_scans(store: InlineStoreThread, statements: list[str]) -> dict[str, str]:
-    """The statements whose SQLite query plan reads a growing table whole, each with that plan step."""
-    connection = _sqlite_connection(store)
+    """The statements whose SQLite query plan walks a growing table, or a whole index of one, each with that plan step.
+
+    A plan step is ``SEARCH t USING INDEX i (c=?)`` for a lookup by key and ``SCAN t`` (``SCAN TABLE t`` before SQLite
+    3.36), possibly ``USING [COVERING] INDEX i``, for a walk; any walk counts, since walking a whole index grows as the
+    table does."""
     scans = {}
     for sql in statements:
-        for *_, detail in connection.execute("EXPLAIN QUERY PLAN " + sql):
-            words = detail.split()
-            if words[:1] == ["SCAN"] and words[1] in _GROWING_TABLES and "USING" not in words:
+        for detail in query_plan(store, sql):
+            words = [word for word in detail.split() if word != "TABLE"]
+            if words[:1] == ["SCAN"] and words[1] in _GROWING_TABLES:
                 scans[sql] = detail
     return scans
+
+
+def query_plan(store: InlineStoreThread, sql: str) -> list[str]:
+    """SQLite's plan for ``sql``, one line per step."""
+    return [detail for *_, detail in _sqlite_connection(store).execute("EXPLAIN QUERY PLAN " + sql)]
 
 
 AuthorityLoader = Callable[[datetime.datetime, Callable[[str], None], Callable[[str], None]], Authority]

@@ -198,3 +198,17 @@ class ChainTests(_Base):
                 allow_legacy=True,
             ),
         )  # fmt: skip
+
+    def test_only_checks_against_an_anchor_are_remembered(self) -> None:
+        """The intermediate-to-anchor signature check is answered from memory for the next device under the same
+        intermediate, and a device's own leaf-to-intermediate check is never stored, so messages full of other
+        certificates cannot push the useful entries out."""
+        ca, _, _ = _pki()
+        intermediate = _issue("device CA", _key(3), ca, ca=True)
+        leaves = [_issue(f"device {number}", _key(4 + number, 1024), intermediate) for number in range(2)]
+        device_trust._signed_by_anchor.cache_clear()
+        for leaf in leaves:
+            path = device_trust.verify_chain(leaf.cert, [intermediate.cert], [ca.cert], allow_legacy=True)
+            self.assertEqual(path, [leaf.cert, intermediate.cert, ca.cert])
+        info = device_trust._signed_by_anchor.cache_info()
+        self.assertEqual((info.currsize, info.misses, info.hits), (1, 1, 1))

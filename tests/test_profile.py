@@ -315,6 +315,40 @@ class Phase3InMemoryTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(memory.store.call(lambda store: store.delivery_count(serial_hex(12345)))), 0)
 
 
+def scep_site(test: unittest.TestCase) -> MemorySite:
+    """The site in memory, with the clock at real time: the shared test CA was bootstrapped now, and a SCEP certificate
+    must fall inside its validity."""
+    memory = MemorySite(Path(test.mktemp()), anchors=(apple().root,))
+    test.addCleanup(memory.close)
+    memory.clock.advance(datetime.datetime.now(datetime.UTC).timestamp() - memory.clock.seconds())
+    return memory
+
+
+def enroll_by_scep(test: unittest.TestCase, memory: MemorySite, device: FakeDevice) -> tuple[x509.Certificate, Any]:
+    """Phase 1, phase 2 and SCEP in memory, as ``device``; the identity otad issued (certificate and key).
+
+    SCEP uses the fake device's own message code: its HTTP client sends bodies through the reactor, not in memory."""
+
+    def fetch(method: str, url: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        return test.successResultOf(ensureDeferred(memory.fetch(method, url, **kwargs)))
+
+    code, _, body = fetch("GET", "/enroll", headers=_basic())
+    test.assertEqual(code, 200)
+    code, _, body = fetch("POST", "/profile", data=device.phase2_body(str(_content(body)["PayloadContent"]["Challenge"])))
+    test.assertEqual(code, 200)
+    scep = _content(body)["PayloadContent"][0]["PayloadContent"]
+    _, headers, body = fetch("GET", "/scep?operation=GetCACert")
+    recipient, ca_certs = select_scep_certs(headers[b"content-type"][0], body)
+    key = _key(0)
+    signer, _ = self_signed_identity("SCEP SIGNER", key=key)
+    request = build_pkcs_req(key, signer, recipient, subject=scep["Subject"], challenge=scep["Challenge"], key_usage=scep["Key Usage"])
+    code, _, body = fetch(
+        "POST", "/scep?operation=PKIOperation", data=request.der, headers={b"content-type": [b"application/x-pki-message"]}
+    )
+    test.assertEqual(code, 200)
+    return parse_cert_rep(body, ca_certs=ca_certs, request=request, key=key), key
+
+
 class FlowQueryPlanTests(unittest.TestCase):
     def test_no_statement_reads_a_growing_table_whole(self) -> None:
         """A failed login, then phase 1, phase 2 (PKCS#12) and phase 3 twice find their rows by index, in SQLite's own query
@@ -340,32 +374,28 @@ class FlowQueryPlanTests(unittest.TestCase):
         self.assertTrue(any("deliveries" in sql for sql in statements), statements)
         self.assertEqual(growing_table_scans(memory.store, statements), {})
 
+    def test_scep_enrollment_reads_no_growing_table_whole(self) -> None:
+        """The same for the default path: phase 1, phase 2, a SCEP PKCSReq and phase 3 twice."""
+        memory = scep_site(self)
+        device = FakeDevice(None, "https://otad.test", None, apple(), UDID)
+        with traced_statements(memory.store) as statements:
+            identity = enroll_by_scep(self, memory, device)
+            for _ in range(2):
+                body = sign_as_device(plistlib.dumps(device.device_attributes(None)), identity)
+                code, _, _ = self.successResultOf(ensureDeferred(memory.fetch("POST", "/profile", data=body)))
+                self.assertEqual(code, 200)
+        self.assertTrue(any("certificates WHERE transaction_id" in sql for sql in statements), statements)
+        self.assertEqual(growing_table_scans(memory.store, statements), {})
+
 
 class Phase3DeviceAttributesTests(unittest.TestCase):
     """Phase 3 after a whole enrollment in memory (the fake device's messages through the production site: /enroll,
     phase 2, SCEP), with device attributes that once made the store's json.dumps raise (issue 10)."""
 
     def setUp(self) -> None:
-        self.memory = MemorySite(Path(self.mktemp()), anchors=(apple().root,))
-        self.addCleanup(self.memory.close)
-        # Real time: the shared test CA was bootstrapped now, and the SCEP certificate must fall inside its validity.
-        self.memory.clock.advance(datetime.datetime.now(datetime.UTC).timestamp() - self.memory.clock.seconds())
+        self.memory = scep_site(self)
         self.device = FakeDevice(None, "https://otad.test", None, apple(), UDID)
-        code, _, body = self.fetch("GET", "/enroll", headers=_basic())
-        self.assertEqual(code, 200)
-        code, _, body = self.fetch("POST", "/profile", data=self.device.phase2_body(str(_content(body)["PayloadContent"]["Challenge"])))
-        self.assertEqual(code, 200)
-        scep = _content(body)["PayloadContent"][0]["PayloadContent"]
-        # SCEP with the fake device's own message code: its HTTP client sends bodies through the reactor, not in memory.
-        _, headers, body = self.fetch("GET", "/scep?operation=GetCACert")
-        recipient, ca_certs = select_scep_certs(headers[b"content-type"][0], body)
-        key = _key(0)
-        signer, _ = self_signed_identity("SCEP SIGNER", key=key)
-        request = build_pkcs_req(key, signer, recipient, subject=scep["Subject"], challenge=scep["Challenge"], key_usage=scep["Key Usage"])
-        _, _, body = self.fetch(
-            "POST", "/scep?operation=PKIOperation", data=request.der, headers={b"content-type": [b"application/x-pki-message"]}
-        )
-        self.identity = (parse_cert_rep(body, ca_certs=ca_certs, request=request, key=key), key)
+        self.identity = enroll_by_scep(self, self.memory, self.device)
 
     def fetch(self, method: str, url: str, **kwargs: Any) -> tuple[int, dict[bytes, list[bytes]], bytes]:
         return self.successResultOf(ensureDeferred(self.memory.fetch(method, url, **kwargs)))

@@ -55,7 +55,16 @@ from tests.fakedevice import (
     sign_cms,
     verify_signed,
 )
-from tests.helpers import InlinePool, InlineStoreThread, MemorySite, authority, device_binding, growing_table_scans, traced_statements
+from tests.helpers import (
+    InlinePool,
+    InlineStoreThread,
+    MemorySite,
+    authority,
+    device_binding,
+    growing_table_scans,
+    query_plan,
+    traced_statements,
+)
 from tests.stores import PostgreSQLStore, SQLiteStore
 
 DATA = Path(__file__).parent / "data" / "micromdm-scep"
@@ -783,5 +792,8 @@ class SCEPQueryPlanTests(SCEPHarness, unittest.TestCase):
             self.issued(request, _key(0))
             self.assertEqual(self.reply(self.cert_poll(request.transaction_id), _signer(0))[0].pki_status, "0")
             self.issued(request, _key(0))
-        self.assertTrue(any("transaction_id" in sql for sql in statements), statements)
+        lookups = [sql for sql in statements if "FROM certificates WHERE transaction_id" in sql]
+        self.assertTrue(lookups, statements)
+        # The plan's wording is what growing_table_scans reads: a lookup by key is a SEARCH.
+        self.assertIn("SEARCH certificates USING INDEX certificates_transaction", " ".join(query_plan(self.store, lookups[0])))
         self.assertEqual(growing_table_scans(self.store, statements), {})
