@@ -49,7 +49,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
-from bench.measure import openssl_speed, percentile, process_status, tree_rss_kilobytes, tree_thread_cpu_seconds  # noqa: E402
+from bench.measure import openssl_speed, percentile, process_status, setting, tree_rss_kilobytes, tree_thread_cpu_seconds  # noqa: E402
 from otad import users  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.fakeapple import FakeAppleHierarchy  # noqa: E402
@@ -613,15 +613,6 @@ async def run(arguments: argparse.Namespace) -> int:
                 print(f"data directory kept: {temp}")
             else:
                 shutil.rmtree(temp, ignore_errors=True)
-
-
-def setting(text: str) -> tuple[str, str, str]:
-    """'server.crypto_threads=4' -> ('server', 'crypto_threads', '4')."""
-    name, equals, value = text.partition("=")
-    section, dot, key = name.strip().partition(".")
-    if not equals or not dot or not section or not key:
-        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
-    return section, key.strip(), value.strip()
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""What the benchmarks read about a process from /proc, and how they summarise latencies."""
+"""What the benchmarks share: what they read about a process from /proc, how they summarise latencies, and the
+``--set SECTION.KEY=VALUE`` option that writes a setting into the daemon's config."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from pathlib import Path
@@ -104,3 +106,12 @@ def openssl_speed(*algorithms: str, seconds: int = 1) -> dict[str, float]:
             name = line[line.index("(") + 1 : line.index(")")].lower()
             costs[f"ecdsa{name}"] = 1000 / float(words[-2])
     return costs
+
+
+def setting(text: str) -> tuple[str, str, str]:
+    """'server.crypto_threads=4' -> ('server', 'crypto_threads', '4')."""
+    name, equals, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not equals or not dot or not section or not key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    return section, key.strip(), value.strip()

@@ -68,7 +68,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool  # noqa: E402
 from twisted.web.http_headers import Headers  # noqa: E402
 
-from bench.measure import cpu_seconds, percentile, tree_thread_cpu_seconds  # noqa: E402
+from bench.measure import cpu_seconds, percentile, setting, tree_thread_cpu_seconds  # noqa: E402
 from otad import tokens  # noqa: E402
 from otad.store import Store  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
@@ -448,15 +448,6 @@ class Cleanup:
                 await step()
             except Exception as error:  # noqa: BLE001 - the other steps must still run
                 print(f"  cleanup step failed: {error!r}", file=sys.stderr)
-
-
-def setting(text: str) -> tuple[str, str, str]:
-    """'server.crypto_threads=4' -> ('server', 'crypto_threads', '4')."""
-    name, equals, value = text.partition("=")
-    section, dot, key = name.strip().partition(".")
-    if not equals or not dot or not section or not key:
-        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
-    return section, key.strip(), value.strip()
 
 
 def config_text(settings: list[tuple[str, str, str]]) -> str:
